@@ -1,0 +1,381 @@
+"""PyTorch datasets of fixed-length segments cut from a feature cache.
+
+Training draws one random crop per source clip per epoch (from the original or any
+augmented version); evaluation walks every segment of every original clip so that
+predictions can be averaged per clip.
+
+Crops are slices of memory-mapped rows (see :mod:`cache.reader`): no HDF5 call per
+item, one copy into a contiguous float32 array, then ``torch.from_numpy``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cache.format import STATUS_DONE
+from cache.reader import FeatureCache
+
+# feature kind -> dimensions of one row: (n_bins, frames) or (samples,)
+FEATURE_KINDS = {
+    "spectrogram": 2,
+    "waveform": 1,
+}
+STD_FLOOR = 1e-5
+
+
+def _open(cache) -> FeatureCache:
+    return cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+
+
+def feature_kind(cache: FeatureCache, feature: str) -> str:
+    """The ``kind`` of a cached feature, checked against :data:`FEATURE_KINDS`."""
+    kind = cache.feature_settings(feature).get("kind")
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"feature {feature!r} of cache {cache.path} has kind {kind!r}; "
+                         f"segments can be cut from kinds {tuple(FEATURE_KINDS)}")
+    return kind
+
+
+def _stat_axes(kind: str) -> tuple[int, ...]:
+    # Spectrograms are normalised per bin over frames, waveforms over all samples.
+    return (-1,) if kind == "spectrogram" else (0,)
+
+
+def compute_normalization(cache, feature: str, *, splits=("train",), backend: str = "auto",
+                          std_floor: float = STD_FLOOR) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of a feature over the done rows of some splits.
+
+    Rows are streamed one at a time (memory stays at one row) and combined with
+    Chan et al.'s pairwise update in float64, so long caches lose no precision.
+
+    Parameters
+    ----------
+    cache : FeatureCache or path
+    feature : str
+    splits : sequence of str
+        Splits whose done rows (original and augmented versions) are used.
+    std_floor : float
+        Lower bound on the std, so a constant bin does not divide by zero.
+
+    Returns
+    -------
+    mean, std : np.ndarray, float32
+        Shape ``(n_bins, 1)`` for spectrogram features (broadcasts over frames),
+        ``(1,)`` for waveforms. Population std (``ddof=0``).
+
+    Examples
+    --------
+    >>> mean, std = compute_normalization(FeatureCache("cache.h5"), "mel")  # doctest: +SKIP
+    >>> mean.shape                                                          # doctest: +SKIP
+    (128, 1)
+    """
+    cache = _open(cache)
+    axes = _stat_axes(feature_kind(cache, feature))
+    count, mean, m2 = 0, None, None
+    for split in splits:
+        array = cache.array(split, feature, backend=backend)
+        for row in cache.done_rows(split):
+            values = np.asarray(array.row(int(row)), dtype=np.float64)
+            n = int(np.prod([values.shape[a] for a in axes]))
+            row_mean = values.mean(axis=axes, keepdims=True)
+            row_m2 = ((values - row_mean) ** 2).sum(axis=axes, keepdims=True)
+            if mean is None:
+                count, mean, m2 = n, row_mean, row_m2
+                continue
+            total = count + n
+            delta = row_mean - mean
+            mean = mean + delta * (n / total)
+            m2 = m2 + row_m2 + delta ** 2 * (count * n / total)
+            count = total
+    if mean is None:
+        raise ValueError(f"cannot normalise feature {feature!r}: splits {tuple(splits)} of "
+                         f"cache {cache.path} have no done rows")
+    std = np.maximum(np.sqrt(m2 / count), std_floor)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+class SegmentDataset(Dataset):
+    """Fixed-length segments of one cached feature, for training or evaluation.
+
+    Parameters
+    ----------
+    cache_path : str, Path or FeatureCache
+    feature : str
+        Name of the cached feature (``cache.features``).
+    splits : sequence of str
+        Splits whose clips are used, e.g. ``("train",)`` or ``("train", "valid")``.
+    segment_frames : int
+        Segment length in frames (in samples for waveform features).
+    train : bool
+        ``True``: one item per source clip per epoch, a uniformly chosen done row of
+        that clip (original or augmented version) and a random crop. Items are
+        ``(x, label)``.
+        ``False``: the original rows (version 0) only, every segment of every clip at
+        starts ``0, hop, 2*hop, ...`` plus one segment aligned to the clip end if those
+        do not reach it. Items are ``(x, label, clip_id)``.
+    hop_frames : int, optional
+        Hop between evaluation segments (default ``segment_frames``); unused when
+        training. A hop longer than the segment skips frames between segments.
+    seed : int
+        Seed of the training crops. Together with the epoch it fixes every crop:
+        results do not depend on the number of DataLoader workers.
+    mean, std : array-like, optional
+        Normalisation, e.g. from :func:`compute_normalization`; items are
+        ``(x - mean) / std``.
+    backend : {"auto", "memmap", "h5py"}
+        How feature rows are read (see :meth:`FeatureCache.array`).
+
+    Notes
+    -----
+    ``x`` has shape ``(n_bins, segment_frames)`` for spectrogram features and
+    ``(segment_frames,)`` for waveforms; float32. Labels and clip ids are int64.
+
+    The training crops of an epoch are drawn all at once from
+    ``np.random.default_rng((seed, epoch))`` (one generator per item would cost more
+    than the crop itself). Call :meth:`set_epoch` before each epoch. A DataLoader
+    without ``persistent_workers`` copies (fork) or pickles (spawn, forkserver) the
+    dataset into fresh workers at every ``iter(loader)``, so the workers see the new
+    epoch; with ``persistent_workers=True`` they would keep the epoch they started with.
+
+    Pickling drops open maps and h5py handles; each worker reopens the file lazily.
+
+    Examples
+    --------
+    >>> train = SegmentDataset("cache.h5", feature="mel", segment_frames=128,
+    ...                        train=True, seed=1)                    # doctest: +SKIP
+    >>> for epoch in range(3):                                        # doctest: +SKIP
+    ...     train.set_epoch(epoch)
+    ...     for x, y in torch.utils.data.DataLoader(train, batch_size=32, num_workers=2):
+    ...         ...
+    """
+
+    def __init__(self, cache_path, *, feature: str, splits=("train",), segment_frames: int,
+                 train: bool, hop_frames: int | None = None, seed: int = 0, mean=None, std=None,
+                 backend: str = "auto"):
+        self.cache = _open(cache_path)
+        self.feature = feature
+        self.kind = feature_kind(self.cache, feature)
+        self.splits = _check_splits(self.cache, splits)
+        self.train = bool(train)
+        self.seed = _nonnegative_int("seed", seed)
+        self.epoch = 0
+        self._arrays = tuple(self.cache.array(s, feature, backend=backend) for s in self.splits)
+        self._row_shape = self._check_row_shapes()
+        self.segment_frames = self._check_segment(segment_frames)
+        self.hop_frames = self.segment_frames if hop_frames is None else \
+            _positive_int("hop_frames", hop_frames)
+        self._index_clips()
+        if not self.train:
+            self._index_segments()
+        self._mean, self._std = self._check_normalization(mean, std)
+        self._plan = None  # (epoch, picked row per item, crop start per item)
+
+    # -- construction checks ------------------------------------------------------------
+
+    def _check_row_shapes(self) -> tuple[int, ...]:
+        shapes = {a.shape[1:] for a in self._arrays}
+        if len(shapes) != 1:
+            raise ValueError(f"feature {self.feature!r} of cache {self.cache.path} has "
+                             f"different shapes in splits {self.splits}: {sorted(shapes)}")
+        shape = shapes.pop()
+        if len(shape) != FEATURE_KINDS[self.kind]:
+            raise ValueError(f"feature {self.feature!r} of cache {self.cache.path} is a "
+                             f"{self.kind} but its rows have shape {shape}")
+        return shape
+
+    def _check_segment(self, segment_frames) -> int:
+        segment = _positive_int("segment_frames", segment_frames)
+        if segment > self.clip_frames:
+            fps = self.frames_per_second
+            raise ValueError(
+                f"segment_frames={segment} ({segment / fps:.2f} s) is longer than the clips "
+                f"of feature {self.feature!r} in {self.cache.path}: {self.clip_frames} frames "
+                f"({self.clip_frames / fps:.2f} s); use segment_frames <= {self.clip_frames}")
+        return segment
+
+    def _check_normalization(self, mean, std):
+        if mean is None and std is None:
+            return None, None
+        if mean is None or std is None:
+            raise ValueError("give both mean and std (see compute_normalization), or neither")
+        # Only per-bin statistics are accepted: a (n_bins,) vector would broadcast over
+        # frames instead of bins, silently, whenever n_bins == segment_frames.
+        stats_shape = (self.n_bins, 1) if self.kind == "spectrogram" else (1,)
+        out = []
+        for name, value in (("mean", mean), ("std", std)):
+            value = np.asarray(value, dtype=np.float32)
+            if value.shape != stats_shape and value.size != 1:
+                raise ValueError(f"{name} has shape {value.shape}; items of feature "
+                                 f"{self.feature!r} need {stats_shape} (per bin) or a scalar, "
+                                 f"as compute_normalization returns")
+            out.append(value)
+        if not np.all(out[1] > 0):
+            raise ValueError("std must be > 0 everywhere (compute_normalization floors it)")
+        return tuple(out)
+
+    # -- indexing -----------------------------------------------------------------------
+
+    def _index_clips(self) -> None:
+        """Group the usable rows of every split by source clip.
+
+        Clips are numbered densely in split order, then by clip index. The rows of
+        clip ``c`` are ``_rows[_row_ptr[c]:_row_ptr[c + 1]]`` (row numbers in split
+        ``_row_split``), original version first.
+        """
+        row_split, rows, clips, labels, paths = [], [], [], [], []
+        for s, split in enumerate(self.splits):
+            meta = self.cache.rows(split)
+            usable = meta["status"] == STATUS_DONE
+            if not self.train:
+                usable &= meta["version"] == 0
+            index = np.flatnonzero(usable)
+            if index.size == 0:
+                raise ValueError(f"split {split!r} of cache {self.cache.path} has no usable "
+                                 f"clips (no done{' original' if not self.train else ''} rows)"
+                                 f"; check the build's skipped list or pick other splits")
+            index = index[np.lexsort((meta["version"][index], meta["clip"][index]))]
+            row_split.append(np.full(index.size, s))
+            rows.append(index)
+            clips.append(np.stack([np.full(index.size, s), meta["clip"][index]], axis=1))
+            labels.append(meta["label"][index])
+            paths.append(meta["path"][index])
+        self._row_split = np.concatenate(row_split)
+        self._rows = np.concatenate(rows)
+        self._row_split_list, self._rows_list = self._row_split.tolist(), self._rows.tolist()
+        clip_keys = np.concatenate(clips)
+        # rows are sorted by (split, clip), so a clip starts where its key changes
+        starts = np.flatnonzero(np.r_[True, np.any(clip_keys[1:] != clip_keys[:-1], axis=1)])
+        self._row_ptr = np.r_[starts, len(self._rows)]
+        self.clip_labels = np.concatenate(labels)[starts].astype(np.int64)
+        bad = (self.clip_labels < 0) | (self.clip_labels >= len(self.labels))
+        if bad.any():
+            raise ValueError(f"cache {self.cache.path} has label indices outside its "
+                             f"{len(self.labels)} labels (corrupt file); rebuild it with "
+                             f"build_cache.py --overwrite")
+        self._clip_label_list = self.clip_labels.tolist()
+        self.clip_paths = np.concatenate(paths)[starts]
+        self.clip_splits = np.asarray(self.splits)[clip_keys[starts, 0]]
+        self._label_tensors = tuple(torch.tensor(i, dtype=torch.int64)
+                                    for i in range(len(self.labels)))
+
+    def _index_segments(self) -> None:
+        frames, segment = self.clip_frames, self.segment_frames
+        starts = np.arange(0, frames - segment + 1, self.hop_frames)
+        if starts[-1] + segment < frames:
+            starts = np.r_[starts, frames - segment]
+        self.segment_starts = starts
+        self._seg_clip = np.repeat(np.arange(self.n_clips), len(starts))
+        self._seg_start = np.tile(starts, self.n_clips)
+
+    # -- epochs ---------------------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the training crops of ``epoch`` (call before iterating each epoch)."""
+        self.epoch = _nonnegative_int("epoch", epoch)
+
+    def _epoch_plan(self) -> tuple[list[int], list[int]]:
+        if self._plan is None or self._plan[0] != self.epoch:
+            rng = np.random.default_rng((self.seed, self.epoch))
+            counts = np.diff(self._row_ptr)
+            picked = self._row_ptr[:-1] + rng.integers(0, counts)
+            starts = rng.integers(0, self.clip_frames - self.segment_frames + 1,
+                                  size=self.n_clips)
+            # Python lists: item lookups then cost no numpy scalar conversions.
+            self._plan = (self.epoch, picked.tolist(), starts.tolist())
+        return self._plan[1], self._plan[2]
+
+    # -- items ----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.n_clips if self.train else len(self._seg_clip)
+
+    def _segment(self, k: int, start: int) -> torch.Tensor:
+        crop = self._arrays[self._row_split_list[k]].crop(self._rows_list[k], start,
+                                                           start + self.segment_frames)
+        # One C-ordered copy out of the read-only map; an h5py read is already a fresh
+        # array of its own and is used as is.
+        x = crop if crop.flags.owndata and crop.flags.writeable else crop.copy()
+        if self._mean is not None:
+            x -= self._mean
+            x /= self._std
+        return torch.from_numpy(x)
+
+    def __getitem__(self, index: int):
+        if self.train:
+            picked, starts = self._epoch_plan()
+            x = self._segment(picked[index], starts[index])
+            return x, self._label_tensors[self._clip_label_list[index]]
+        clip = int(self._seg_clip[index])
+        x = self._segment(int(self._row_ptr[clip]), int(self._seg_start[index]))
+        return (x, self._label_tensors[self._clip_label_list[clip]],
+                torch.tensor(clip, dtype=torch.int64))
+
+    def __getstate__(self):
+        """Pickle without open maps or h5py handles; workers reopen the file lazily."""
+        state = self.__dict__.copy()
+        state["_plan"] = None  # cheap to redraw, identical by construction
+        # The arrays and the cache drop their handles in their own __getstate__.
+        return state
+
+    # -- properties -----------------------------------------------------------------------
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Class names; ``label`` values index this."""
+        return self.cache.labels
+
+    @property
+    def n_clips(self) -> int:
+        return len(self.clip_labels)
+
+    @property
+    def n_bins(self) -> int:
+        """Frequency bins of a spectrogram feature; 1 (one channel) for waveforms."""
+        return self._row_shape[0] if self.kind == "spectrogram" else 1
+
+    @property
+    def clip_frames(self) -> int:
+        """Frames per cached clip (samples for waveforms)."""
+        return self._row_shape[-1]
+
+    @property
+    def frames_per_second(self) -> float:
+        """Frame rate of the feature (the sample rate for waveforms)."""
+        settings = self.cache.feature_settings(self.feature)
+        if "frames_per_second" in settings:
+            return float(settings["frames_per_second"])
+        if self.kind == "waveform":
+            return float(settings.get("sample_rate", self.cache.sample_rate))
+        raise ValueError(f"feature {self.feature!r} of cache {self.cache.path} does not record "
+                         f"frames_per_second; rebuild the cache with the current build_cache.py")
+
+    def __repr__(self) -> str:
+        mode = "train" if self.train else f"eval hop={self.hop_frames}"
+        return (f"SegmentDataset({str(self.cache.path)!r}, feature={self.feature!r}, "
+                f"splits={self.splits}, segment_frames={self.segment_frames}, {mode}, "
+                f"clips={self.n_clips}, items={len(self)})")
+
+
+def _check_splits(cache: FeatureCache, splits) -> tuple[str, ...]:
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    if not splits or len(set(splits)) != len(splits):
+        raise ValueError(f"splits={splits!r}: give one or more distinct splits of "
+                         f"{cache.splits}")
+    unknown = [s for s in splits if s not in cache.splits]
+    if unknown:
+        raise ValueError(f"cache {cache.path} has no split(s) {unknown} (available: "
+                         f"{', '.join(cache.splits)})")
+    return splits
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+    return int(value)
+
+
+def _nonnegative_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name}={value!r} must be an integer >= 0")
+    return int(value)
