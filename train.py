@@ -1,0 +1,628 @@
+"""Train a genre classifier on the HDF5 feature cache and report clip-level accuracy.
+
+    python train.py --feature mel --model cnn1d
+
+Trains on random segments (``--segment-seconds``) streamed from the memory-mapped
+cache, evaluates every segment of every valid/test clip and averages the segment
+probabilities per clip. Writes best.pt/last.pt, args.json, metrics.jsonl,
+results.json and plots to ``--out-dir``. Runs on the GPU when there is one, and under
+``torchrun`` with DistributedDataParallel.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, confusion_matrix
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from cache.dataset import SegmentDataset, compute_normalization
+from cache.reader import CacheError, FeatureCache
+from models import MODELS, build_model, count_parameters, model_input_kind
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+DEFAULT_CACHE = "cache.h5"
+OPTIMIZERS = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "rmsprop": torch.optim.RMSprop,
+}
+
+
+class TrainError(ValueError):
+    """Bad input to training: reported as a message, not a traceback."""
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fmt = "(default: %(default)s)"
+    p.add_argument("--cache", default=DEFAULT_CACHE, help=f"feature cache made by build_cache.py {fmt}")
+    p.add_argument("--feature", default="mel", help=f"cached feature to train on {fmt}")
+    p.add_argument("--model", default="cnn1d", help=f"one of {', '.join(MODELS)} {fmt}")
+    p.add_argument("--epochs", type=int, default=30, help=f"most epochs to train {fmt}")
+    p.add_argument("--batch-size", type=int, default=32, help=f"segments per batch {fmt}")
+    p.add_argument("--lr", type=float, default=0.01, help=f"initial learning rate {fmt}")
+    p.add_argument("--optimizer", default="sgd", choices=sorted(OPTIMIZERS), help=f"optimizer {fmt}")
+    p.add_argument("--momentum", type=float, default=0.9, help=f"momentum of sgd and rmsprop {fmt}")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum for sgd")
+    p.add_argument("--weight-decay", type=float, default=0.0, help=f"L2 penalty (optimizer weight decay) {fmt}")
+    p.add_argument("--l1", type=float, default=0.0, help=f"L1 penalty on the weights, added to the loss {fmt}")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="dropout of the model's head (default: the model's own default)")
+    p.add_argument("--lr-patience", type=int, default=3,
+                   help=f"epochs without valid-loss improvement before the lr is reduced {fmt}")
+    p.add_argument("--lr-factor", type=float, default=0.2, help=f"factor the lr is reduced by {fmt}")
+    p.add_argument("--min-lr", type=float, default=1e-5,
+                   help=f"stop training once the lr falls below this {fmt}")
+    p.add_argument("--segment-seconds", type=float, default=3.0,
+                   help=f"length of the training and evaluation segments in seconds {fmt}")
+    p.add_argument("--eval-hop-seconds", type=float, default=None,
+                   help="hop between evaluation segments (default: the segment length, no overlap)")
+    p.add_argument("--merge-train-valid", action="store_true",
+                   help="train on train+valid (valid is still reported, but it was trained on)")
+    p.add_argument("--seed", type=int, default=0, help=f"seed of weights, crops and shuffling {fmt}")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                   help=f"where to train; auto picks cuda, then mps, then cpu {fmt}")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision (default: on for cuda, off elsewhere)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes (default: 0 on the CPU, where shipping batches "
+                        "between processes costs more than the memory-mapped crops; 4 on a GPU)")
+    p.add_argument("--out-dir", default="runs/latest", help=f"where checkpoints, logs and plots go {fmt}")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last.pt")
+    p.add_argument("--eval-only", action="store_true",
+                   help="evaluate --checkpoint (default: OUT_DIR/best.pt) on valid and test, no training")
+    p.add_argument("--checkpoint", default=None, help="checkpoint for --eval-only (default: OUT_DIR/best.pt)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+# -- set-up -------------------------------------------------------------------------------
+@dataclass
+class Dist:
+    """Where this process stands in a torchrun job (rank 0 of 1 without torchrun)."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_name: str) -> Dist:
+    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    info = Dist(rank=int(os.environ["RANK"]), world=world, local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+    use_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return info
+
+
+def resolve_device(name: str, ddp: Dist) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+        return torch.device("cuda", ddp.local_rank)
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise TrainError("--device mps asked for, but MPS is not available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_workers(device: torch.device) -> int:
+    return min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
+
+
+def check_args(args) -> None:
+    if args.model not in MODELS:
+        raise TrainError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
+    if args.optimizer not in OPTIMIZERS:
+        raise TrainError(f"unknown optimizer {args.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise TrainError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    if args.lr <= 0:
+        raise TrainError(f"--lr {args.lr}: must be positive")
+    if args.segment_seconds <= 0:
+        raise TrainError(f"--segment-seconds {args.segment_seconds}: must be positive")
+    if not 0 < args.lr_factor < 1:
+        raise TrainError(f"--lr-factor {args.lr_factor}: must be between 0 and 1")
+
+
+def check_model_fits_feature(model: str, feature: str, cache: FeatureCache) -> None:
+    """Refuse a model that cannot take the feature, naming the features that fit."""
+    kind = cache.feature_settings(feature)["kind"]
+    wanted = model_input_kind(model)
+    if kind != wanted:
+        fitting = [name for name in cache.features if cache.feature_settings(name)["kind"] == wanted]
+        hint = (f"features in {cache.path} that fit: {', '.join(fitting)}" if fitting else
+                f"none of the cached features ({', '.join(cache.features)}) fits; rebuild the cache "
+                f"with --features {'wave' if wanted == 'waveform' else 'mel'}")
+        raise TrainError(f"model {model!r} takes {wanted} input, but feature {feature!r} is a {kind}; {hint}")
+
+
+def check_segment_fits_model(model, args, segment_frames: int, frames_per_second: float) -> None:
+    """Refuse, before training, a segment shorter than the model's pooling can take."""
+    if segment_frames < model.min_frames:
+        need = model.min_frames / frames_per_second
+        raise TrainError(f"--segment-seconds {args.segment_seconds} gives {segment_frames} frames, but "
+                         f"{args.model} needs at least {model.min_frames} ({need:.2f} s); use "
+                         f"--segment-seconds {math.ceil(need * 100) / 100} or more, or a shallower model")
+
+
+def open_cache(path, feature: str, *, expect_labels=None) -> FeatureCache:
+    try:
+        cache = FeatureCache(path, expect_labels=expect_labels)
+        cache.feature_settings(feature)
+    except CacheError as exc:
+        raise TrainError(str(exc)) from exc
+    return cache
+
+
+def segment_frames_for(cache: FeatureCache, feature: str, seconds: float) -> int:
+    fps = cache.feature_settings(feature)["frames_per_second"]
+    return max(1, round(seconds * fps))
+
+
+def make_loader(dataset, *, batch_size: int, shuffle: bool, workers: int, device: torch.device,
+                seed: int, epoch: int = 0, ddp: Dist = Dist()) -> DataLoader:
+    sampler = None
+    generator = None
+    if shuffle and ddp.world > 1:
+        sampler = torch.utils.data.distributed.DistributedSampler(dataset, num_replicas=ddp.world,
+                                                                  rank=ddp.rank, shuffle=True, seed=seed)
+        sampler.set_epoch(epoch)
+    elif shuffle:
+        # The order depends on (seed, epoch) alone, so a resumed run sees the same batches.
+        generator = torch.Generator().manual_seed(seed * 100003 + epoch)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
+                      sampler=sampler, generator=generator, num_workers=workers,
+                      pin_memory=device.type == "cuda", drop_last=False,
+                      persistent_workers=False)
+
+
+def make_optimizer(args, params):
+    kwargs = {"lr": args.lr, "weight_decay": args.weight_decay}
+    if args.optimizer == "sgd":
+        kwargs.update(momentum=args.momentum, nesterov=args.nesterov and args.momentum > 0)
+    elif args.optimizer == "rmsprop":
+        kwargs.update(momentum=args.momentum)
+    return OPTIMIZERS[args.optimizer](params, **kwargs)
+
+
+# -- the loops -------------------------------------------------------------------------------
+def autocast(device: torch.device, enabled: bool):
+    dtype = torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+
+
+def l1_penalty(model: torch.nn.Module) -> torch.Tensor:
+    return sum(p.abs().sum() for name, p in model.named_parameters() if p.requires_grad and p.dim() > 1)
+
+
+def train_one_epoch(model, loader, optimizer, *, device, amp: bool, l1: float, scaler,
+                    progress: bool, desc: str) -> dict:
+    """One pass over the training segments; returns mean loss, accuracy and throughput."""
+    model.train()
+    total_loss = total_correct = total = 0
+    start = time.perf_counter()
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        if l1:
+            loss = loss + l1 * l1_penalty(model)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total_loss += loss.item() * len(y)
+        total_correct += (logits.argmax(1) == y).sum().item()
+        total += len(y)
+    seconds = time.perf_counter() - start
+    return {"loss": total_loss / total, "acc": total_correct / total, "segments": total,
+            "seconds": seconds}
+
+
+@torch.no_grad()
+def predict_segments(model, loader, *, device, amp: bool, progress: bool = False,
+                     desc: str = "eval") -> tuple[np.ndarray, np.ndarray]:
+    """Segment probabilities ``(segments, n_classes)`` and clip ids ``(segments,)``."""
+    model.eval()
+    probs, clip_ids = [], []
+    for x, _, clip in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
+        with autocast(device, amp):
+            logits = model(x.to(device, non_blocking=True))
+        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        clip_ids.append(clip.numpy())
+    return np.concatenate(probs), np.concatenate(clip_ids)
+
+
+def gather_segments(model, dataset: SegmentDataset, *, batch_size, workers, device, amp, ddp: Dist,
+                    progress=False, desc="eval") -> tuple[np.ndarray, np.ndarray]:
+    """Predict every segment of ``dataset``; under DDP each rank takes a share and all get all."""
+    indices = np.arange(len(dataset))
+    shard = Subset(dataset, indices[ddp.rank::ddp.world].tolist()) if ddp.world > 1 else dataset
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    probs, clip_ids = predict_segments(model, loader, device=device, amp=amp, progress=progress, desc=desc)
+    if ddp.world == 1:
+        return probs, clip_ids
+    gathered = [None] * ddp.world
+    dist.all_gather_object(gathered, (indices[ddp.rank::ddp.world], probs, clip_ids))
+    order = np.concatenate([g[0] for g in gathered])
+    all_probs = np.concatenate([g[1] for g in gathered])[np.argsort(order)]
+    all_clips = np.concatenate([g[2] for g in gathered])[np.argsort(order)]
+    return all_probs, all_clips
+
+
+def clip_scores(probs: np.ndarray, clip_ids: np.ndarray, dataset: SegmentDataset, n_classes: int) -> dict:
+    """Segment- and clip-level metrics; clip probabilities are the mean over its segments."""
+    seg_labels = dataset.clip_labels[clip_ids]
+    n_clips = len(dataset.clip_labels)
+    clip_probs = np.zeros((n_clips, n_classes))
+    np.add.at(clip_probs, clip_ids, probs)
+    clip_probs /= np.bincount(clip_ids, minlength=n_clips)[:, None]
+    clip_pred = clip_probs.argmax(1)
+    eps = 1e-12
+    return {
+        "loss": float(-np.log(probs[np.arange(len(probs)), seg_labels] + eps).mean()),
+        "segment_acc": float(accuracy_score(seg_labels, probs.argmax(1))),
+        "clip_acc": float(accuracy_score(dataset.clip_labels, clip_pred)),
+        "clip_pred": clip_pred,
+        "clip_probs": clip_probs,
+    }
+
+
+def evaluate(model, dataset, *, args, device, amp, ddp, n_classes, desc="eval") -> dict:
+    probs, clip_ids = gather_segments(model, dataset, batch_size=args.batch_size, workers=args.workers,
+                                      device=device, amp=amp, ddp=ddp,
+                                      progress=ddp.main and not args.no_progress, desc=desc)
+    return clip_scores(probs, clip_ids, dataset, n_classes)
+
+
+def final_report(scores: dict, dataset: SegmentDataset, labels) -> dict:
+    """Accuracy, per-class accuracy and confusion matrix of one split (clip level)."""
+    matrix = confusion_matrix(dataset.clip_labels, scores["clip_pred"], labels=range(len(labels)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = matrix.diagonal() / matrix.sum(1)
+    return {"clip_acc": scores["clip_acc"], "segment_acc": scores["segment_acc"], "loss": scores["loss"],
+            "per_class_acc": {label: (None if math.isnan(v) else float(v)) for label, v in zip(labels, per_class)},
+            "confusion_matrix": matrix.tolist(),
+            "clips": int(len(dataset.clip_labels))}
+
+
+# -- outputs -------------------------------------------------------------------------------
+def write_text(path: Path, text: str) -> None:
+    """Replace ``path`` atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, value) -> None:
+    write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")
+    ax_loss.plot(epochs, [h["valid_loss"] for h in history], label="valid")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.plot(epochs, [h["train_acc"] for h in history], label="train (segment)")
+    ax_acc.plot(epochs, [h["valid_segment_acc"] for h in history], label="valid (segment)")
+    ax_acc.plot(epochs, [h["valid_clip_acc"] for h in history], label="valid (clip)")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(matrix, labels, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, ax = plt.subplots(figsize=(6 + 0.3 * len(labels), 5 + 0.3 * len(labels)))
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=labels).plot(ax=ax, colorbar=False,
+                                                                           xticks_rotation=45)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# -- main ----------------------------------------------------------------------------------
+def build_datasets(args, cache: FeatureCache, segment_frames: int, mean, std):
+    train_splits = ("train", "valid") if args.merge_train_valid else ("train",)
+    fps = cache.feature_settings(args.feature)["frames_per_second"]
+    hop = None if args.eval_hop_seconds is None else max(1, round(args.eval_hop_seconds * fps))
+    common = dict(feature=args.feature, segment_frames=segment_frames, mean=mean, std=std)
+    try:
+        train = SegmentDataset(cache.path, splits=train_splits, train=True, seed=args.seed, **common)
+        evals = {split: SegmentDataset(cache.path, splits=(split,), train=False, hop_frames=hop, **common)
+                 for split in ("valid", "test")}
+    except ValueError as exc:
+        raise TrainError(str(exc)) from exc
+    return train, evals
+
+
+def checkpoint_state(*, args, model, cache, segment_frames, mean, std, optimizer=None, scheduler=None,
+                     scaler=None, epoch=None, best=None, history=None) -> dict:
+    raw = model.module if hasattr(model, "module") else model
+    raw = getattr(raw, "_orig_mod", raw)
+    state = {
+        "model": args.model,
+        "model_config": raw.config,
+        "feature": args.feature,
+        "feature_settings": cache.feature_settings(args.feature),
+        "labels": list(cache.labels),
+        "sample_rate": cache.sample_rate,
+        "cache_fingerprint": cache.fingerprint,
+        "normalization": {"mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist()},
+        "segment_frames": segment_frames,
+        "args": vars(args),
+        "state_dict": raw.state_dict(),
+        "epoch": epoch,
+        "best": best,
+        "history": history or [],
+    }
+    if optimizer is not None:
+        state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                     scaler=scaler.state_dict(), torch_rng=torch.get_rng_state())
+    return state
+
+
+def run_final_evaluation(model, evals, *, args, device, amp, ddp, labels, out_dir: Path,
+                         trained_on_valid: bool) -> dict:
+    results = {}
+    for split, dataset in evals.items():
+        scores = evaluate(model, dataset, args=args, device=device, amp=amp, ddp=ddp,
+                          n_classes=len(labels), desc=split)
+        results[split] = final_report(scores, dataset, labels)
+    summary = {"valid_acc": results["valid"]["clip_acc"], "test_acc": results["test"]["clip_acc"],
+               "valid_segment_acc": results["valid"]["segment_acc"],
+               "test_segment_acc": results["test"]["segment_acc"],
+               "valid_trained_on": trained_on_valid, "labels": list(labels), **results}
+    if ddp.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "results.json", summary)
+        plot_confusion(results["test"]["confusion_matrix"], labels, out_dir / "confusion_test.png",
+                       "test (clip level)")
+        plot_confusion(results["valid"]["confusion_matrix"], labels, out_dir / "confusion_valid.png",
+                       "valid (clip level)" + (" - trained on" if trained_on_valid else ""))
+        print_results(summary, labels, trained_on_valid)
+    return summary
+
+
+def print_results(summary: dict, labels, trained_on_valid: bool) -> None:
+    note = "  (valid was trained on: --merge-train-valid)" if trained_on_valid else ""
+    print(f"valid accuracy: clip {summary['valid_acc']:.4f}  segment {summary['valid_segment_acc']:.4f}{note}")
+    print(f"test accuracy:  clip {summary['test_acc']:.4f}  segment {summary['test_segment_acc']:.4f}")
+    width = max(len(label) for label in labels)
+    print("per-class test accuracy: " + "  ".join(
+        f"{label}={acc:.2f}" if acc is not None else f"{label}=n/a"
+        for label, acc in summary["test"]["per_class_acc"].items()))
+    print("test confusion matrix (rows: true, columns: predicted):")
+    for label, row in zip(labels, summary["test"]["confusion_matrix"]):
+        print(f"  {label:>{width}} " + " ".join(f"{v:3d}" for v in row))
+
+
+def eval_only(args, ddp: Dist, device: torch.device) -> dict:
+    path = Path(args.checkpoint or Path(args.out_dir) / "best.pt")
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise TrainError(str(exc)) from exc
+    from models.checkpoint import model_from_checkpoint
+
+    cache = open_cache(args.cache, ckpt["feature"], expect_labels=ckpt["labels"])
+    if cache.feature_settings(ckpt["feature"]) != ckpt["feature_settings"]:
+        raise TrainError(f"{cache.path} computes feature {ckpt['feature']!r} with other settings than "
+                         f"{path} was trained on; rebuild the cache with the checkpoint's settings")
+    saved = argparse.Namespace(**{**ckpt["args"], "workers": args.workers, "no_progress": args.no_progress,
+                                  "batch_size": args.batch_size, "cache": args.cache})
+    norm = ckpt["normalization"]
+    mean, std = np.asarray(norm["mean"], dtype=np.float32), np.asarray(norm["std"], dtype=np.float32)
+    _, evals = build_datasets(saved, cache, ckpt["segment_frames"], mean, std)
+    model = model_from_checkpoint(ckpt, device=device)
+    amp = device.type == "cuda" if args.amp is None else args.amp
+    out_dir = Path(args.out_dir) if args.checkpoint is None else path.parent
+    return run_final_evaluation(model, evals, args=saved, device=device, amp=amp, ddp=ddp,
+                                labels=list(cache.labels), out_dir=out_dir,
+                                trained_on_valid=bool(ckpt["args"].get("merge_train_valid")))
+
+
+def main(args) -> dict:
+    """Train (or evaluate) as ``args`` say; returns the final results (also in results.json)."""
+    check_args(args)
+    ddp = setup_distributed(args.device)
+    try:
+        device = resolve_device(args.device, ddp)
+        if args.workers is None:
+            args.workers = default_workers(device)
+        if args.eval_only:
+            return eval_only(args, ddp, device)
+        return train(args, ddp, device)
+    finally:
+        if ddp.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train(args, ddp: Dist, device: torch.device) -> dict:
+    out_dir = Path(args.out_dir)
+    resume = None
+    if args.resume:
+        try:
+            resume = load_checkpoint(out_dir / "last.pt")
+        except CheckpointError as exc:
+            raise TrainError(f"--resume: {exc}") from exc
+    cache = open_cache(args.cache, args.feature, expect_labels=resume["labels"] if resume else None)
+    if resume and resume["cache_fingerprint"] != cache.fingerprint:
+        raise TrainError(f"--resume: {out_dir / 'last.pt'} was trained on another cache than {cache.path} "
+                         f"(fingerprints differ); resume with the same cache, or start a new --out-dir")
+    check_model_fits_feature(args.model, args.feature, cache)
+    seed_everything(args.seed)
+    segment_frames = segment_frames_for(cache, args.feature, args.segment_seconds)
+    if resume:
+        mean = np.asarray(resume["normalization"]["mean"], dtype=np.float32)
+        std = np.asarray(resume["normalization"]["std"], dtype=np.float32)
+    else:
+        train_splits = ("train", "valid") if args.merge_train_valid else ("train",)
+        mean, std = compute_normalization(cache, args.feature, splits=train_splits)
+    train_set, evals = build_datasets(args, cache, segment_frames, mean, std)
+    labels = list(cache.labels)
+
+    model_kwargs = {} if args.dropout is None else {"dropout": args.dropout}
+    try:
+        model = build_model(args.model, n_bins=train_set.n_bins, n_classes=len(labels), **model_kwargs)
+    except (TypeError, ValueError) as exc:
+        raise TrainError(f"cannot build {args.model} for feature {args.feature!r} "
+                         f"({train_set.n_bins} bins): {exc}") from exc
+    check_segment_fits_model(model, args, segment_frames, train_set.frames_per_second)
+    if resume:
+        model.load_state_dict(resume["state_dict"])
+    model.to(device)
+    if args.compile:
+        model = torch.compile(model)
+    net = torch.nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
+    optimizer = make_optimizer(args, net.parameters())
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=args.lr_factor,
+                                                           patience=args.lr_patience)
+    amp = device.type == "cuda" if args.amp is None else args.amp
+    # float16 needs loss scaling; bfloat16 (CPU, recent GPUs) does not, and the scaler is then a no-op.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda"
+                                  and not torch.cuda.is_bf16_supported())
+    start_epoch, best, history, best_weights = 1, {"valid_clip_acc": -1.0, "epoch": 0}, [], None
+    if resume:
+        if (out_dir / "best.pt").exists():
+            best_weights = load_checkpoint(out_dir / "best.pt")["state_dict"]
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        torch.set_rng_state(resume["torch_rng"])
+        start_epoch, best, history = resume["epoch"] + 1, resume["best"], resume["history"]
+
+    if ddp.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "args.json", vars(args))
+        print(f"{args.model} ({count_parameters(model):,} parameters) on {args.feature} segments of "
+              f"{segment_frames} frames, "
+              f"{len(train_set)} training clips, device {device}"
+              + (f" x {ddp.world} processes" if ddp.world > 1 else "")
+              + (f", resuming after epoch {start_epoch - 1}" if resume else ""), flush=True)
+    state_args = dict(args=args, cache=cache, segment_frames=segment_frames, mean=mean, std=std)
+    metrics_path = out_dir / "metrics.jsonl"
+    for epoch in range(start_epoch, args.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        if lr < args.min_lr:
+            if ddp.main:
+                print(f"learning rate {lr:.2e} fell below --min-lr {args.min_lr:.0e}; stopping")
+            break
+        train_set.set_epoch(epoch)
+        loader = make_loader(train_set, batch_size=args.batch_size, shuffle=True, workers=args.workers,
+                             device=device, seed=args.seed, epoch=epoch, ddp=ddp)
+        stats = train_one_epoch(net, loader, optimizer, device=device, amp=amp, l1=args.l1, scaler=scaler,
+                                progress=ddp.main and not args.no_progress, desc=f"epoch {epoch}")
+        stats = reduce_stats(stats, ddp)
+        # Evaluate the plain module: each rank predicts a different share, which DDP's
+        # forward (it syncs buffers across ranks) must not see.
+        valid = evaluate(model, evals["valid"], args=args, device=device, amp=amp, ddp=ddp,
+                         n_classes=len(labels), desc="valid")
+        scheduler.step(valid["loss"])
+        record = {"epoch": epoch, "train_loss": stats["loss"], "train_acc": stats["acc"],
+                  "valid_loss": valid["loss"], "valid_segment_acc": valid["segment_acc"],
+                  "valid_clip_acc": valid["clip_acc"], "lr": lr,
+                  "segments_per_s": stats["segments"] / max(stats["seconds"], 1e-9)}
+        history.append(record)
+        improved = valid["clip_acc"] > best["valid_clip_acc"]
+        if improved:
+            best = {"valid_clip_acc": valid["clip_acc"], "epoch": epoch}
+            # Every rank keeps the best weights in memory: no rank has to read rank 0's files.
+            best_weights = {k: v.detach().cpu().clone()
+                            for k, v in getattr(model, "_orig_mod", model).state_dict().items()}
+        if ddp.main:
+            print(f"epoch {epoch:3d}  train loss {stats['loss']:.4f}  valid loss {valid['loss']:.4f}  "
+                  f"valid acc segment {valid['segment_acc']:.4f} clip {valid['clip_acc']:.4f}  "
+                  f"lr {lr:.2e}  {record['segments_per_s']:.0f} seg/s" + ("  *best" if improved else ""),
+                  flush=True)
+            # Rewritten whole from the history, so a resumed run never repeats an epoch's line.
+            write_text(metrics_path, "".join(json.dumps(h) + "\n" for h in history))
+            state = checkpoint_state(model=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                                     epoch=epoch, best=best, history=history, **state_args)
+            if improved:
+                save_checkpoint(state, out_dir / "best.pt")
+            save_checkpoint(state, out_dir / "last.pt")
+            plot_curves(history, out_dir / "curves.png")
+        if ddp.world > 1:
+            dist.barrier()
+
+    if best_weights is None:
+        raise TrainError(f"no epoch was trained, so there are no best weights to evaluate "
+                         f"(--epochs {args.epochs}, lr {optimizer.param_groups[0]['lr']:.1e} vs --min-lr {args.min_lr})")
+    getattr(model, "_orig_mod", model).load_state_dict(best_weights)
+    if ddp.main:
+        print(f"best epoch {best['epoch']} (valid clip accuracy {best['valid_clip_acc']:.4f})")
+    return run_final_evaluation(model, evals, args=args, device=device, amp=amp, ddp=ddp, labels=labels,
+                                out_dir=out_dir, trained_on_valid=args.merge_train_valid)
+
+
+def reduce_stats(stats: dict, ddp: Dist) -> dict:
+    """Sum loss, correct and count over processes so every rank logs the global figures."""
+    if ddp.world == 1:
+        return stats
+    t = torch.tensor([stats["loss"] * stats["segments"], stats["acc"] * stats["segments"],
+                      stats["segments"], stats["seconds"]], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    t = t.cpu()
+    n = t[2].item()
+    return {"loss": t[0].item() / n, "acc": t[1].item() / n, "segments": int(n),
+            "seconds": t[3].item() / ddp.world}
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except TrainError as exc:
+        sys.exit(f"error: {exc}")
