@@ -103,14 +103,18 @@ def main(args) -> dict:
             dataset.set_epoch(epoch)
             loader = make_loader(dataset, batch_size=args.batch_size, shuffle=True, workers=args.workers,
                                  device=device, seed=0, epoch=epoch)
-            start = time.perf_counter()
-            train_epoch(model, optimizer, loader)
-            loader_s = time.perf_counter() - start
             gen = torch.Generator().manual_seed(epoch)
-            start = time.perf_counter()
-            train_epoch(model, optimizer, in_memory_batches(ram, labels, batch_size=args.batch_size,
-                                                            segment=args.segment, generator=gen))
-            ram_s = time.perf_counter() - start
+            arms = {"loader": loader,
+                    "ram": in_memory_batches(ram, labels, batch_size=args.batch_size, segment=args.segment,
+                                             generator=gen)}
+            # Alternate which arm goes first, so drift in machine load hits both alike.
+            order = ("loader", "ram") if epoch % 2 else ("ram", "loader")
+            took = {}
+            for arm in order:
+                start = time.perf_counter()
+                train_epoch(model, optimizer, arms[arm])
+                took[arm] = time.perf_counter() - start
+            loader_s, ram_s = took["loader"], took["ram"]
             if epoch:
                 times["loader"].append(loader_s)
                 times["ram"].append(ram_s)
@@ -132,7 +136,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=1292, help="frames per clip, 30 s (default: %(default)s)")
     p.add_argument("--segment", type=int, default=130, help="segment frames, 3 s (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=3, help="timed epochs (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=6, help="timed epochs (default: %(default)s)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
     return p
