@@ -33,6 +33,7 @@ from models import MODELS, build_model, count_parameters, model_input_kind
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 DEFAULT_CACHE = "cache.h5"
+DEFAULT_OUT_DIR = "runs/latest"
 OPTIMIZERS = {
     "sgd": torch.optim.SGD,
     "adam": torch.optim.Adam,
@@ -48,7 +49,9 @@ class TrainError(ValueError):
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     fmt = "(default: %(default)s)"
-    p.add_argument("--cache", default=DEFAULT_CACHE, help=f"feature cache made by build_cache.py {fmt}")
+    p.add_argument("--cache", default=None,
+                   help=f"feature cache made by build_cache.py (default: {DEFAULT_CACHE}; with --eval-only, "
+                        f"the cache the checkpoint was trained on)")
     p.add_argument("--feature", default="mel", help=f"cached feature to train on {fmt}")
     p.add_argument("--model", default="cnn1d", help=f"one of {', '.join(MODELS)} {fmt}")
     p.add_argument("--epochs", type=int, default=30, help=f"most epochs to train {fmt}")
@@ -81,7 +84,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader worker processes (default: 0 on the CPU, where shipping batches "
                         "between processes costs more than the memory-mapped crops; 4 on a GPU)")
-    p.add_argument("--out-dir", default="runs/latest", help=f"where checkpoints, logs and plots go {fmt}")
+    p.add_argument("--out-dir", default=None,
+                   help=f"where checkpoints, logs and plots go (default: {DEFAULT_OUT_DIR}; with --eval-only, "
+                        f"the checkpoint's folder)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last.pt")
     p.add_argument("--eval-only", action="store_true",
                    help="evaluate --checkpoint (default: OUT_DIR/best.pt) on valid and test, no training")
@@ -448,25 +453,26 @@ def print_results(summary: dict, labels, trained_on_valid: bool) -> None:
 
 
 def eval_only(args, ddp: Dist, device: torch.device) -> dict:
-    path = Path(args.checkpoint or Path(args.out_dir) / "best.pt")
+    path = Path(args.checkpoint or Path(args.out_dir or DEFAULT_OUT_DIR) / "best.pt")
     try:
         ckpt = load_checkpoint(path)
     except CheckpointError as exc:
         raise TrainError(str(exc)) from exc
     from models.checkpoint import model_from_checkpoint
 
-    cache = open_cache(args.cache, ckpt["feature"], expect_labels=ckpt["labels"])
+    cache_path = args.cache or ckpt["args"]["cache"]
+    cache = open_cache(cache_path, ckpt["feature"], expect_labels=ckpt["labels"])
     if cache.feature_settings(ckpt["feature"]) != ckpt["feature_settings"]:
         raise TrainError(f"{cache.path} computes feature {ckpt['feature']!r} with other settings than "
                          f"{path} was trained on; rebuild the cache with the checkpoint's settings")
     saved = argparse.Namespace(**{**ckpt["args"], "workers": args.workers, "no_progress": args.no_progress,
-                                  "batch_size": args.batch_size, "cache": args.cache})
+                                  "batch_size": args.batch_size, "cache": cache_path})
     norm = ckpt["normalization"]
     mean, std = np.asarray(norm["mean"], dtype=np.float32), np.asarray(norm["std"], dtype=np.float32)
     _, evals = build_datasets(saved, cache, ckpt["segment_frames"], mean, std)
     model = model_from_checkpoint(ckpt, device=device)
     amp = device.type == "cuda" if args.amp is None else args.amp
-    out_dir = Path(args.out_dir) if args.checkpoint is None else path.parent
+    out_dir = Path(args.out_dir) if args.out_dir else path.parent
     return run_final_evaluation(model, evals, args=saved, device=device, amp=amp, ddp=ddp,
                                 labels=list(cache.labels), out_dir=out_dir,
                                 trained_on_valid=bool(ckpt["args"].get("merge_train_valid")))
@@ -482,6 +488,8 @@ def main(args) -> dict:
             args.workers = default_workers(device)
         if args.eval_only:
             return eval_only(args, ddp, device)
+        args.cache = args.cache or DEFAULT_CACHE
+        args.out_dir = args.out_dir or DEFAULT_OUT_DIR
         return train(args, ddp, device)
     finally:
         if ddp.world > 1 and dist.is_initialized():

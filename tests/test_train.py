@@ -26,18 +26,18 @@ def train_args(cache, out_dir, *extra):
 
 @pytest.fixture(scope="module")
 def learnable_cache(tmp_path_factory):
-    """A mel-only cache with enough clips that accuracy means something (24 valid clips)."""
+    """A mel-only cache with enough clips that accuracy means something (32 valid clips of 6 s)."""
     root = tmp_path_factory.mktemp("learnable")
-    generate_dataset(root / "data", clips_per_genre=12, seconds=TINY_SECONDS, seed=3)
+    generate_dataset(root / "data", clips_per_genre=16, seconds=6.0, seed=3, jobs=2)
     out = root / "cache.h5"
-    build_cache.main(build_args(root / "data", out, "--features", "mel", "--jobs", "2"))
+    build_cache.main(build_args(root / "data", out, "--features", "mel", "--jobs", "2", "--duration", "6"))
     return out
 
 
 @pytest.fixture(scope="module")
 def trained_run(learnable_cache, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("run")
-    results = train.main(train_args(learnable_cache, out_dir, "--epochs", "8", "--model", "cnn1d",
+    results = train.main(train_args(learnable_cache, out_dir, "--epochs", "10", "--model", "cnn1d",
                                     "--optimizer", "adam", "--lr", "0.003"))
     return out_dir, results
 
@@ -47,7 +47,8 @@ def test_cnn1d_learns_clearly_above_chance(trained_run):
     saved = json.loads((out_dir / "results.json").read_text())
     assert 0.0 <= saved["test_acc"] <= 1.0
     assert saved["valid_acc"] == results["valid_acc"]
-    # 8 classes: chance is 0.125; a model that learns nothing stays near it.
+    # 8 classes: chance is 0.125; a model that learns nothing stays near it (seeds 3 and 4
+    # of this set gave 0.66 and 0.72 when calibrated).
     assert saved["valid_acc"] >= 0.4, saved["valid_acc"]
 
 
@@ -82,6 +83,14 @@ def test_eval_only_reproduces_saved_results(trained_run, learnable_cache, tmp_pa
                                   str(out_dir / "best.pt")))
     assert again["valid_acc"] == results["valid_acc"]
     assert again["test_acc"] == results["test_acc"]
+
+
+def test_eval_only_needs_no_flags_repeated(trained_run):
+    out_dir, results = trained_run
+    args = train.get_args_parser().parse_args(["--eval-only", "--checkpoint", str(out_dir / "best.pt"),
+                                               "--no-progress"])
+    again = train.main(args)  # the cache, feature, model and segment all come from the checkpoint
+    assert (again["valid_acc"], again["test_acc"]) == (results["valid_acc"], results["test_acc"])
 
 
 def test_resume_continues_exactly_where_it_stopped(learnable_cache, tmp_path):
