@@ -27,7 +27,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from cache.dataset import SegmentDataset, compute_normalization
+from cache.dataset import SegmentDataset, compute_normalization, eval_hop_frames
 from cache.reader import CacheError, FeatureCache
 from models import MODELS, build_model, count_parameters, model_input_kind
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -377,18 +377,44 @@ def plot_confusion(matrix, labels, path: Path, title: str) -> None:
 
 
 # -- main ----------------------------------------------------------------------------------
-def build_datasets(args, cache: FeatureCache, segment_frames: int, mean, std):
-    train_splits = ("train", "valid") if args.merge_train_valid else ("train",)
-    fps = cache.feature_settings(args.feature)["frames_per_second"]
-    hop = None if args.eval_hop_seconds is None else max(1, round(args.eval_hop_seconds * fps))
-    common = dict(feature=args.feature, segment_frames=segment_frames, mean=mean, std=std)
+def build_eval_datasets(args, cache: FeatureCache, segment_frames: int, mean, std) -> dict:
+    """Every segment of every original valid and test clip."""
+    hop = eval_hop_frames(args.eval_hop_seconds, cache.feature_settings(args.feature)["frames_per_second"])
     try:
-        train = SegmentDataset(cache.path, splits=train_splits, train=True, seed=args.seed, **common)
-        evals = {split: SegmentDataset(cache.path, splits=(split,), train=False, hop_frames=hop, **common)
-                 for split in ("valid", "test")}
+        return {split: SegmentDataset(cache.path, feature=args.feature, splits=(split,), train=False,
+                                      segment_frames=segment_frames, hop_frames=hop, mean=mean, std=std)
+                for split in ("valid", "test")}
     except ValueError as exc:
         raise TrainError(str(exc)) from exc
-    return train, evals
+
+
+def build_train_dataset(args, cache: FeatureCache, segment_frames: int, mean, std) -> SegmentDataset:
+    """Random segments of train (and valid with --merge-train-valid), originals and augmented copies."""
+    splits = ("train", "valid") if args.merge_train_valid else ("train",)
+    try:
+        return SegmentDataset(cache.path, feature=args.feature, splits=splits, train=True, seed=args.seed,
+                              segment_frames=segment_frames, mean=mean, std=std)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from exc
+
+
+def checkpoint_eval_datasets(ckpt: dict, path, cache_path) -> tuple[FeatureCache, dict]:
+    """The cache and valid/test datasets to evaluate checkpoint ``ckpt`` (read from ``path``) on.
+
+    The cache must hold the checkpoint's feature with the settings it was trained on and
+    the same labels; segments and hop are those training evaluated with.
+    """
+    cache = open_cache(cache_path, ckpt["feature"], expect_labels=ckpt["labels"])
+    if cache.feature_settings(ckpt["feature"]) != ckpt["feature_settings"]:
+        raise TrainError(f"{cache.path} computes feature {ckpt['feature']!r} with other settings than "
+                         f"{path} was trained on; rebuild the cache with the checkpoint's settings")
+    if ckpt.get("cache_fingerprint") != cache.fingerprint:
+        print(f"warning: {path} was trained on another cache than {cache.path}; its valid and test "
+              f"clips may have been in its training data", file=sys.stderr)
+    saved = argparse.Namespace(**ckpt["args"])
+    norm = ckpt["normalization"]
+    mean, std = np.asarray(norm["mean"], dtype=np.float32), np.asarray(norm["std"], dtype=np.float32)
+    return cache, build_eval_datasets(saved, cache, ckpt["segment_frames"], mean, std)
 
 
 def checkpoint_state(*, args, model, cache, segment_frames, mean, std, optimizer=None, scheduler=None,
@@ -417,8 +443,16 @@ def checkpoint_state(*, args, model, cache, segment_frames, mean, std, optimizer
     return state
 
 
+def run_facts(model, cache: FeatureCache, history: list[dict]) -> dict:
+    """What a report needs beside the accuracies: size, augmentation and training time."""
+    raw = getattr(model, "_orig_mod", model)
+    return {"parameters": count_parameters(raw), "augment_versions": cache.settings["augment"]["versions"],
+            "epochs_trained": len(history),
+            "train_seconds": sum(h.get("epoch_seconds", 0.0) for h in history)}
+
+
 def run_final_evaluation(model, evals, *, args, device, amp, ddp, labels, out_dir: Path,
-                         trained_on_valid: bool) -> dict:
+                         trained_on_valid: bool, facts: dict) -> dict:
     results = {}
     for split, dataset in evals.items():
         scores = evaluate(model, dataset, args=args, device=device, amp=amp, ddp=ddp,
@@ -427,7 +461,7 @@ def run_final_evaluation(model, evals, *, args, device, amp, ddp, labels, out_di
     summary = {"valid_acc": results["valid"]["clip_acc"], "test_acc": results["test"]["clip_acc"],
                "valid_segment_acc": results["valid"]["segment_acc"],
                "test_segment_acc": results["test"]["segment_acc"],
-               "valid_trained_on": trained_on_valid, "labels": list(labels), **results}
+               "valid_trained_on": trained_on_valid, "labels": list(labels), **facts, **results}
     if ddp.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "results.json", summary)
@@ -461,21 +495,16 @@ def eval_only(args, ddp: Dist, device: torch.device) -> dict:
     from models.checkpoint import model_from_checkpoint
 
     cache_path = args.cache or ckpt["args"]["cache"]
-    cache = open_cache(cache_path, ckpt["feature"], expect_labels=ckpt["labels"])
-    if cache.feature_settings(ckpt["feature"]) != ckpt["feature_settings"]:
-        raise TrainError(f"{cache.path} computes feature {ckpt['feature']!r} with other settings than "
-                         f"{path} was trained on; rebuild the cache with the checkpoint's settings")
+    cache, evals = checkpoint_eval_datasets(ckpt, path, cache_path)
     saved = argparse.Namespace(**{**ckpt["args"], "workers": args.workers, "no_progress": args.no_progress,
                                   "batch_size": args.batch_size, "cache": cache_path})
-    norm = ckpt["normalization"]
-    mean, std = np.asarray(norm["mean"], dtype=np.float32), np.asarray(norm["std"], dtype=np.float32)
-    _, evals = build_datasets(saved, cache, ckpt["segment_frames"], mean, std)
     model = model_from_checkpoint(ckpt, device=device)
     amp = device.type == "cuda" if args.amp is None else args.amp
     out_dir = Path(args.out_dir) if args.out_dir else path.parent
     return run_final_evaluation(model, evals, args=saved, device=device, amp=amp, ddp=ddp,
                                 labels=list(cache.labels), out_dir=out_dir,
-                                trained_on_valid=bool(ckpt["args"].get("merge_train_valid")))
+                                trained_on_valid=bool(ckpt["args"].get("merge_train_valid")),
+                                facts=run_facts(model, cache, ckpt.get("history") or []))
 
 
 def main(args) -> dict:
@@ -517,7 +546,8 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
     else:
         train_splits = ("train", "valid") if args.merge_train_valid else ("train",)
         mean, std = compute_normalization(cache, args.feature, splits=train_splits)
-    train_set, evals = build_datasets(args, cache, segment_frames, mean, std)
+    train_set = build_train_dataset(args, cache, segment_frames, mean, std)
+    evals = build_eval_datasets(args, cache, segment_frames, mean, std)
     labels = list(cache.labels)
 
     model_kwargs = {} if args.dropout is None else {"dropout": args.dropout}
@@ -566,6 +596,7 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
             if ddp.main:
                 print(f"learning rate {lr:.2e} fell below --min-lr {args.min_lr:.0e}; stopping")
             break
+        epoch_start = time.perf_counter()
         train_set.set_epoch(epoch)
         loader = make_loader(train_set, batch_size=args.batch_size, shuffle=True, workers=args.workers,
                              device=device, seed=args.seed, epoch=epoch, ddp=ddp)
@@ -580,7 +611,8 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
         record = {"epoch": epoch, "train_loss": stats["loss"], "train_acc": stats["acc"],
                   "valid_loss": valid["loss"], "valid_segment_acc": valid["segment_acc"],
                   "valid_clip_acc": valid["clip_acc"], "lr": lr,
-                  "segments_per_s": stats["segments"] / max(stats["seconds"], 1e-9)}
+                  "segments_per_s": stats["segments"] / max(stats["seconds"], 1e-9),
+                  "epoch_seconds": time.perf_counter() - epoch_start}
         history.append(record)
         improved = valid["clip_acc"] > best["valid_clip_acc"]
         if improved:
@@ -611,7 +643,8 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
     if ddp.main:
         print(f"best epoch {best['epoch']} (valid clip accuracy {best['valid_clip_acc']:.4f})")
     return run_final_evaluation(model, evals, args=args, device=device, amp=amp, ddp=ddp, labels=labels,
-                                out_dir=out_dir, trained_on_valid=args.merge_train_valid)
+                                out_dir=out_dir, trained_on_valid=args.merge_train_valid,
+                                facts=run_facts(model, cache, history))
 
 
 def reduce_stats(stats: dict, ddp: Dist) -> dict:

@@ -42,6 +42,60 @@ def _stat_axes(kind: str) -> tuple[int, ...]:
     return (-1,) if kind == "spectrogram" else (0,)
 
 
+def eval_hop_frames(eval_hop_seconds: float | None, frames_per_second: float) -> int | None:
+    """Hop between evaluation segments in frames; None (the default) means one segment length.
+
+    >>> eval_hop_frames(1.5, 22050 / 512)
+    65
+    """
+    return None if eval_hop_seconds is None else max(1, round(eval_hop_seconds * frames_per_second))
+
+
+def segment_starts(n_frames: int, segment_frames: int, hop_frames: int) -> np.ndarray:
+    """First frames of the evaluation segments of a clip of ``n_frames`` frames.
+
+    Starts ``0, hop, 2*hop, ...`` while a whole segment fits, plus one segment aligned
+    to the clip's end when those stop short of it, so every frame is in some segment
+    and no segment is padded.
+
+    Parameters
+    ----------
+    n_frames : int
+        Length of the clip's feature (frames, or samples for waveforms).
+    segment_frames : int
+        Segment length, ``<= n_frames``.
+    hop_frames : int
+        Distance between consecutive starts, >= 1.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n_segments,)`` int64 starts, ascending.
+
+    Raises
+    ------
+    ValueError
+        If a setting is not a positive integer, or the clip is shorter than one segment.
+
+    Examples
+    --------
+    >>> segment_starts(10, 4, 4).tolist()
+    [0, 4, 6]
+    >>> segment_starts(8, 4, 2).tolist()
+    [0, 2, 4]
+    """
+    n_frames = _positive_int("n_frames", n_frames)
+    segment_frames = _positive_int("segment_frames", segment_frames)
+    hop_frames = _positive_int("hop_frames", hop_frames)
+    if segment_frames > n_frames:
+        raise ValueError(f"a clip of {n_frames} frames is shorter than one segment of "
+                         f"{segment_frames} frames")
+    starts = np.arange(0, n_frames - segment_frames + 1, hop_frames, dtype=np.int64)
+    if starts[-1] + segment_frames < n_frames:
+        starts = np.r_[starts, n_frames - segment_frames]
+    return starts
+
+
 def compute_normalization(cache, feature: str, *, splits=("train",), backend: str = "auto",
                           std_floor: float = STD_FLOOR) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation of a feature over the done rows of some splits.
@@ -260,10 +314,7 @@ class SegmentDataset(Dataset):
                                     for i in range(len(self.labels)))
 
     def _index_segments(self) -> None:
-        frames, segment = self.clip_frames, self.segment_frames
-        starts = np.arange(0, frames - segment + 1, self.hop_frames)
-        if starts[-1] + segment < frames:
-            starts = np.r_[starts, frames - segment]
+        starts = segment_starts(self.clip_frames, self.segment_frames, self.hop_frames)
         self.segment_starts = starts
         self._seg_clip = np.repeat(np.arange(self.n_clips), len(starts))
         self._seg_start = np.tile(starts, self.n_clips)

@@ -1,4 +1,7 @@
-"""Audio loading: any file soundfile or librosa can read -> fixed-length mono float32.
+"""Audio loading: any file soundfile or librosa can read -> mono float32 at one rate.
+
+Clips are cut or zero-padded to a fixed length (the cache build), or kept whole
+(``duration=None``, for prediction on files of any length).
 
 soundfile (libsndfile: wav, au, flac, ogg, mp3, ...) is tried first and reads only
 the frames needed; librosa's audioread fallback covers what libsndfile cannot
@@ -35,12 +38,13 @@ class AudioLoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class Audio:
-    """A decoded clip, cut or zero-padded to a fixed length.
+    """A decoded clip, cut or zero-padded to a fixed length (or whole).
 
     Attributes
     ----------
     samples : np.ndarray
-        ``(n_samples,)`` float32 mono, ``n_samples == round(duration * sr)``.
+        ``(n_samples,)`` float32 mono, ``n_samples == round(duration * sr)``; the
+        whole resampled file when loaded with ``duration=None``.
     sr : int
         Sample rate of ``samples``.
     source_seconds : float
@@ -93,11 +97,12 @@ def fit_length(samples: np.ndarray, n_samples: int) -> tuple[np.ndarray, int]:
 
 def load_audio(path, *, sr=DEFAULT_SR, duration=DEFAULT_DURATION, short_fraction=0.5,
                silence_db=-60.0) -> Audio:
-    """Load ``duration`` seconds of a file as mono float32 at ``sr``.
+    """Load ``duration`` seconds of a file (or all of it) as mono float32 at ``sr``.
 
     Channels are averaged, the audio is resampled with soxr (``RESAMPLE_TYPE``)
     and cut or zero-padded at the end to ``round(duration * sr)`` samples. Only
-    about ``duration`` seconds are decoded, however long the file.
+    about ``duration`` seconds are decoded, however long the file. With
+    ``duration=None`` the whole file is decoded and kept, neither cut nor padded.
 
     Parameters
     ----------
@@ -105,10 +110,11 @@ def load_audio(path, *, sr=DEFAULT_SR, duration=DEFAULT_DURATION, short_fraction
         Any format soundfile or librosa can read (wav, au, flac, ogg, mp3, ...).
     sr : int
         Output sample rate, > 0.
-    duration : float
-        Output length in seconds, > 0.
+    duration : float or None
+        Output length in seconds, > 0; None keeps the whole file.
     short_fraction : float
-        Flag ``"short"`` when the source is shorter than ``short_fraction * duration``.
+        Flag ``"short"`` when the source is shorter than ``short_fraction * duration``
+        (never with ``duration=None``: there is no wanted length to fall short of).
     silence_db : float
         Flag ``"silent"`` when the peak amplitude is below this level in dBFS.
 
@@ -132,6 +138,8 @@ def load_audio(path, *, sr=DEFAULT_SR, duration=DEFAULT_DURATION, short_fraction
     >>> audio = load_audio(path, sr=22050, duration=2.0)
     >>> audio.samples.shape, audio.padded_samples, audio.flags
     ((44100,), 22050, ('padded',))
+    >>> load_audio(path, sr=22050, duration=None).samples.shape
+    (22050,)
     """
     sr, duration = _check_settings(sr=sr, duration=duration, short_fraction=short_fraction,
                                    silence_db=silence_db)
@@ -143,7 +151,8 @@ def load_audio(path, *, sr=DEFAULT_SR, duration=DEFAULT_DURATION, short_fraction
     if path.stat().st_size == 0:
         raise AudioLoadError(f"cannot load audio {path}: the file is empty (0 bytes). {_HINT}")
 
-    channels, native_sr, source_seconds = _decode(path, max_seconds=duration + _MARGIN_SECONDS)
+    max_seconds = None if duration is None else duration + _MARGIN_SECONDS
+    channels, native_sr, source_seconds = _decode(path, max_seconds=max_seconds)
     if channels.shape[-1] == 0:
         raise AudioLoadError(f"cannot load audio {path}: it contains no audio samples. {_HINT}")
     if not np.isfinite(channels).all():
@@ -152,30 +161,35 @@ def load_audio(path, *, sr=DEFAULT_SR, duration=DEFAULT_DURATION, short_fraction
     mono = librosa.to_mono(channels)
     if native_sr != sr:
         mono = librosa.resample(mono, orig_sr=native_sr, target_sr=sr, res_type=RESAMPLE_TYPE)
-    samples, padded = fit_length(mono.astype(np.float32, copy=False), round(duration * sr))
+    samples, padded = mono.astype(np.float32, copy=False), 0
+    if duration is not None:
+        samples, padded = fit_length(samples, round(duration * sr))
     flags = _flags(samples, padded=padded, source_seconds=source_seconds, duration=duration,
                    short_fraction=short_fraction, silence_db=silence_db)
     return Audio(samples=np.ascontiguousarray(samples), sr=sr, source_seconds=source_seconds,
                  padded_samples=padded, flags=flags)
 
 
-def _check_settings(*, sr, duration, short_fraction, silence_db) -> tuple[int, float]:
+def _check_settings(*, sr, duration, short_fraction, silence_db) -> tuple[int, float | None]:
     """Validated ``(sr, duration)``; ValueError naming the bad value otherwise."""
     if isinstance(sr, bool) or not isinstance(sr, (int, float, np.number)) \
             or not math.isfinite(sr) or sr <= 0 or int(sr) != sr:
         raise ValueError(f"sr must be a positive integer sample rate in Hz, got {sr!r}")
-    if isinstance(duration, bool) or not isinstance(duration, (int, float, np.number)) \
-            or not math.isfinite(duration) or duration <= 0:
-        raise ValueError(f"duration must be a positive number of seconds, got {duration!r}")
+    if duration is not None and (isinstance(duration, bool)
+                                 or not isinstance(duration, (int, float, np.number))
+                                 or not math.isfinite(duration) or duration <= 0):
+        raise ValueError(f"duration must be a positive number of seconds (or None for the whole "
+                         f"file), got {duration!r}")
     if not 0 <= short_fraction <= 1:
         raise ValueError(f"short_fraction must be between 0 and 1, got {short_fraction!r}")
     if not (math.isfinite(silence_db) and silence_db <= 0):
         raise ValueError(f"silence_db must be a finite level in dBFS (<= 0), got {silence_db!r}")
-    return int(sr), float(duration)
+    return int(sr), None if duration is None else float(duration)
 
 
-def _decode(path: Path, *, max_seconds: float) -> tuple[np.ndarray, int, float]:
-    """``(channels (n_channels, n), native sr, source seconds)``, at most ``max_seconds`` decoded."""
+def _decode(path: Path, *, max_seconds: float | None) -> tuple[np.ndarray, int, float]:
+    """``(channels (n_channels, n), native sr, source seconds)``, at most ``max_seconds``
+    decoded (all of the file when None)."""
     try:
         return _decode_soundfile(path, max_seconds=max_seconds)
     except sf.SoundFileError as exc:
@@ -191,13 +205,17 @@ def _decode(path: Path, *, max_seconds: float) -> tuple[np.ndarray, int, float]:
                              f"(soundfile: {sf_error}; audioread: {reason}). {_HINT}") from exc
 
 
-def _decode_soundfile(path: Path, *, max_seconds: float) -> tuple[np.ndarray, int, float]:
+def _decode_soundfile(path: Path, *, max_seconds: float | None) -> tuple[np.ndarray, int, float]:
     with sf.SoundFile(path) as f:
         if f.format == "RAW":
             # libsndfile opens a header-less file named *.au/*.snd as raw u-law, which
             # would turn any garbage into "audio"; we never ask for raw input.
             raise sf.SoundFileRuntimeError(f"no audio header recognised in {path.name}")
         native_sr, header_frames = f.samplerate, f.frames
+        if max_seconds is None:
+            # Read to the end, however many frames the header claims.
+            channels = f.read(dtype="float32", always_2d=True).T
+            return channels, native_sr, channels.shape[-1] / native_sr
         wanted = math.ceil(max_seconds * native_sr)
         channels = f.read(frames=min(wanted, header_frames), dtype="float32", always_2d=True).T
     got = channels.shape[-1]
@@ -206,7 +224,7 @@ def _decode_soundfile(path: Path, *, max_seconds: float) -> tuple[np.ndarray, in
     return channels, native_sr, frames / native_sr
 
 
-def _decode_fallback(path: Path, *, max_seconds: float) -> tuple[np.ndarray, int, float]:
+def _decode_fallback(path: Path, *, max_seconds: float | None) -> tuple[np.ndarray, int, float]:
     """Decode with audioread through librosa (ffmpeg, GStreamer, ... where installed)."""
     with warnings.catch_warnings():
         # librosa warns on every call that its audioread path is deprecated, and
@@ -221,17 +239,19 @@ def _decode_fallback(path: Path, *, max_seconds: float) -> tuple[np.ndarray, int
         channels, native_sr = librosa.load(reader, sr=None, mono=False, duration=max_seconds,
                                            dtype=np.float32)
     channels = np.atleast_2d(channels)
-    if channels.shape[-1] < int(max_seconds * native_sr):  # librosa stops at int(...)
-        source_seconds = channels.shape[-1] / native_sr  # decoded less than the header says
+    # librosa stops at int(max_seconds * sr); fewer samples mean the file ended first, and
+    # a whole-file read is its own length, whatever the header said.
+    if max_seconds is None or channels.shape[-1] < int(max_seconds * native_sr):
+        source_seconds = channels.shape[-1] / native_sr
     return channels, int(native_sr), source_seconds
 
 
-def _flags(samples: np.ndarray, *, padded: int, source_seconds: float, duration: float,
+def _flags(samples: np.ndarray, *, padded: int, source_seconds: float, duration: float | None,
            short_fraction: float, silence_db: float) -> tuple[str, ...]:
     flags = []
     if padded:
         flags.append("padded")
-    if source_seconds < short_fraction * duration:
+    if duration is not None and source_seconds < short_fraction * duration:
         flags.append("short")
     peak = float(np.max(np.abs(samples))) if samples.size else 0.0
     if peak < 10.0 ** (silence_db / 20.0):

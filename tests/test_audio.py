@@ -133,6 +133,40 @@ def test_long_file_is_cut_without_decoding_all_of_it(tmp_path, monkeypatch):
     assert requested and all(0 < frames < 3 * 8000 for frames in requested)
 
 
+@pytest.mark.parametrize("seconds", [0.3, 7.5])
+@pytest.mark.parametrize("fallback", [False, True])
+def test_duration_none_keeps_the_whole_file(tmp_path, monkeypatch, seconds, fallback):
+    path = tmp_path / "whole.wav"
+    signal = noise(seconds, 16000, channels=2)
+    # 16-bit PCM: the stdlib wave reader behind audioread's fallback reads nothing else.
+    sf.write(path, signal, 16000, subtype="PCM_16")
+    if fallback:
+        class RefusingSoundFile(sf.SoundFile):
+            def __init__(self, *args, **kwargs):
+                raise sf.SoundFileRuntimeError("simulated: libsndfile cannot read this")
+
+        monkeypatch.setattr(sf, "SoundFile", RefusingSoundFile)
+
+    audio = load_audio(path, sr=8000, duration=None, short_fraction=1.0)
+
+    # Whole, mono and resampled: neither cut nor padded, and never "short" or "padded".
+    assert audio.samples.shape == (round(seconds * 8000),) and audio.samples.dtype == np.float32
+    assert audio.padded_samples == 0 and audio.flags == ()
+    assert audio.source_seconds == pytest.approx(seconds)
+    at_source_rate = load_audio(path, sr=16000, duration=None)
+    np.testing.assert_allclose(at_source_rate.samples, signal.mean(axis=1), atol=2 / 2 ** 15)
+
+
+def test_duration_none_still_flags_silence_and_refuses_bad_files(tmp_path):
+    path = tmp_path / "silent.wav"
+    sf.write(path, np.zeros(4000), 8000)
+    assert load_audio(path, sr=8000, duration=None).flags == ("silent",)
+    broken = tmp_path / "broken.wav"
+    broken.write_text("this is not audio\n" * 50)
+    with pytest.raises(AudioLoadError, match="broken.wav"):
+        load_audio(broken, duration=None)
+
+
 def write_truncated_header(path):
     sf.write(path, noise(0.5, 8000), 8000)
     path.write_bytes(path.read_bytes()[:12])  # shorter than the WAV (44) and AU (24) headers

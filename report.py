@@ -1,0 +1,352 @@
+"""Compare finished training runs in one Markdown report.
+
+    python report.py runs/mel_cnn1d runs/mel_resnet runs/mfcc_crnn --out report.md
+
+Reads each run's args.json, metrics.jsonl and results.json (and its best.pt, for the
+cache it was trained on and its parameter count) and writes a report with a table of
+the runs sorted by valid accuracy, the run chosen by valid accuracy (never by test:
+test accuracy is shown, not used), the learning curves of every run in one figure, and
+the chosen run's confusion matrix and per-class accuracy. Figures are PNG files beside
+the report. Runs on different caches or label sets are not comparable: they are ranked
+in separate tables under a warning, each with its own chosen run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+RUN_FILES = ("args.json", "metrics.jsonl", "results.json")
+CHECKPOINTS = ("best.pt", "last.pt")  # either records the cache and the model
+
+
+class ReportError(ValueError):
+    """A run folder that cannot be reported; the message names it and says what to do."""
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished train.py --out-dir folders")
+    p.add_argument("--out", default="report.md",
+                   help="Markdown file to write; its figures go beside it (default: %(default)s)")
+    return p
+
+
+# -- reading runs --------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """What a finished run left in its folder.
+
+    ``meta`` holds the checkpoint's description (model, model_config, feature, labels,
+    cache_fingerprint), without weights; None when the folder has no checkpoint.
+    """
+    path: Path
+    name: str
+    args: dict
+    history: list[dict]
+    results: dict
+    meta: dict | None
+
+    @property
+    def valid_acc(self) -> float:
+        return float(self.results["valid_acc"])
+
+    @property
+    def test_acc(self) -> float:
+        return float(self.results["test_acc"])
+
+    @property
+    def trained_on_valid(self) -> bool:
+        """Valid was in the training data (--merge-train-valid): its accuracy chooses nothing."""
+        return bool(self.results.get("valid_trained_on", self.args.get("merge_train_valid", False)))
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.results.get("labels") or (self.meta or {}).get("labels") or ())
+
+    @property
+    def fingerprint(self) -> str | None:
+        return (self.meta or {}).get("cache_fingerprint")
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"cannot read {path}: {exc}; re-run the evaluation "
+                          f"(train.py --eval-only --out-dir {path.parent}) or leave the run out") from exc
+
+
+def _read_history(path: Path) -> list[dict]:
+    history = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            history.append(json.loads(line))
+        except ValueError as exc:
+            raise ReportError(f"{path}, line {number} is not JSON ({exc}); the run's log is damaged") from exc
+    return history
+
+
+def _read_meta(folder: Path) -> dict | None:
+    from models.checkpoint import CheckpointError, load_checkpoint
+
+    for name in CHECKPOINTS:
+        if (folder / name).is_file():
+            try:
+                ckpt = load_checkpoint(folder / name)
+            except CheckpointError as exc:
+                raise ReportError(f"run {folder}: {exc}") from exc
+            return {key: ckpt.get(key) for key in ("model", "model_config", "feature", "labels",
+                                                   "cache_fingerprint", "feature_settings")}
+    return None
+
+
+def read_run(folder, *, name: str | None = None) -> Run:
+    """Read a finished run folder (``train.py --out-dir``).
+
+    Raises
+    ------
+    ReportError
+        The folder is missing, unfinished (no results.json) or damaged.
+
+    >>> run = read_run("runs/demo")  # doctest: +SKIP
+    >>> run.valid_acc, run.test_acc  # doctest: +SKIP
+    (0.71, 0.69)
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ReportError(f"run folder {folder} does not exist; give train.py --out-dir folders")
+    missing = [f for f in RUN_FILES if not (folder / f).is_file()]
+    if missing:
+        raise ReportError(f"run {folder} is not finished (missing {', '.join(missing)}); let it finish, "
+                          f"resume it (train.py --resume --out-dir {folder}) or leave it out")
+    results = _read_json(folder / "results.json")
+    lacking = [k for k in ("valid_acc", "test_acc", "valid", "test") if k not in results]
+    if lacking:
+        raise ReportError(f"{folder / 'results.json'} lacks {', '.join(lacking)}; re-run the evaluation "
+                          f"(train.py --eval-only --out-dir {folder})")
+    return Run(path=folder, name=name or folder.name, args=_read_json(folder / "args.json"),
+               history=_read_history(folder / "metrics.jsonl"), results=results, meta=_read_meta(folder))
+
+
+def read_runs(folders) -> list[Run]:
+    """Read every run; runs whose folder names clash are named by their full path."""
+    folders = [Path(f) for f in folders]
+    names = [f.resolve().name for f in folders]
+    return [read_run(f, name=f.resolve().name if names.count(f.resolve().name) == 1 else str(f))
+            for f in folders]
+
+
+# -- derived columns -----------------------------------------------------------------------------
+def recorded(run: Run, key: str):
+    """A fact train.py records in results.json (None for a run that predates it)."""
+    return run.results.get(key)
+
+
+def describe(run: Run) -> dict:
+    """One table row of a run, as plain values."""
+    return {
+        "run": run.name, "path": str(run.path),
+        "model": run.args.get("model", (run.meta or {}).get("model")),
+        "feature": run.args.get("feature", (run.meta or {}).get("feature")),
+        "segment_seconds": run.args.get("segment_seconds"),
+        "augment_versions": recorded(run, "augment_versions"),
+        "optimizer": run.args.get("optimizer"), "lr": run.args.get("lr"),
+        "epochs": len(run.history), "max_epochs": run.args.get("epochs"),
+        "parameters": recorded(run, "parameters"),
+        "train_seconds": recorded(run, "train_seconds"),
+        "valid_acc": run.valid_acc, "test_acc": run.test_acc,
+        "trained_on_valid": run.trained_on_valid,
+        "cache_fingerprint": run.fingerprint, "labels": list(run.labels),
+    }
+
+
+# -- choosing ------------------------------------------------------------------------------------
+def comparison_groups(runs: list[Run]) -> list[list[Run]]:
+    """Runs that can be compared: same cache (fingerprint) and same labels, in input order."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.fingerprint, run.labels), []).append(run)
+    return list(groups.values())
+
+
+def choose(runs: list[Run]) -> Run | None:
+    """The run with the highest valid accuracy (first given wins a tie).
+
+    Test accuracy is never looked at, and runs trained on valid cannot be chosen.
+    None when every run was trained on valid.
+    """
+    candidates = [run for run in runs if not run.trained_on_valid]
+    return max(candidates, key=lambda run: run.valid_acc) if candidates else None
+
+
+def ranked(runs: list[Run]) -> list[Run]:
+    """Runs by descending valid accuracy (stable: ties keep the input order)."""
+    return sorted(runs, key=lambda run: -run.valid_acc)
+
+
+# -- writing -------------------------------------------------------------------------------------
+def format_seconds(seconds: float | None) -> str:
+    """``"45 s"``, ``"12m 05s"``, ``"3h 02m"``; ``"?"`` when unknown.
+
+    >>> format_seconds(725), format_seconds(10980), format_seconds(None)
+    ('12m 05s', '3h 03m', '?')
+    """
+    if seconds is None:
+        return "?"
+    s = round(seconds)
+    return f"{s} s" if s < 60 else f"{s // 60}m {s % 60:02d}s" if s < 3600 else f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "?"
+    return str(value).replace("|", "\\|")
+
+
+TABLE_HEADER = ("", "run", "model", "feature", "segment (s)", "aug. versions", "optimizer", "lr",
+                "epochs", "parameters", "train time", "valid acc", "test acc")
+
+
+def runs_table(runs: list[Run], chosen: Run | None, rows: dict[int, dict] | None = None) -> str:
+    """Markdown table of ``runs`` sorted by valid accuracy, the chosen one marked.
+
+    ``rows`` maps ``id(run)`` to :func:`describe`'s row where already computed.
+    """
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
+    for run in ranked(runs):
+        row = rows[id(run)] if rows else describe(run)
+        params = row["parameters"]
+        valid = f"{row['valid_acc']:.4f}" + (" (trained on)" if row["trained_on_valid"] else "")
+        cells = ["**chosen**" if run is chosen else "", row["run"], row["model"], row["feature"],
+                 row["segment_seconds"], row["augment_versions"], row["optimizer"], row["lr"],
+                 f"{row['epochs']}/{_cell(row['max_epochs'])}", f"{params:,}" if params is not None else None,
+                 format_seconds(row["train_seconds"]),
+                 valid, f"{row['test_acc']:.4f}"]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def per_class_table(run: Run) -> str:
+    """Markdown table of the run's per-class clip accuracy on valid and test."""
+    valid, test = run.results["valid"]["per_class_acc"], run.results["test"]["per_class_acc"]
+
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.3f}"
+
+    lines = ["| genre | valid acc | test acc |", "|---|---|---|"]
+    lines += [f"| {_cell(label)} | {fmt(valid.get(label))} | {fmt(test.get(label))} |" for label in test]
+    return "\n".join(lines)
+
+
+def plot_learning_curves(runs: list[Run], path: Path, chosen: list[Run]) -> None:
+    """Every run's loss and valid accuracy per epoch in one figure (chosen runs bold)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, run in enumerate(runs):
+        epochs = [h["epoch"] for h in run.history]
+        style = {"color": colors[i % len(colors)], "marker": "o", "markersize": 3,
+                 "linewidth": 2.5 if any(run is c for c in chosen) else 1.2}
+        ax_loss.plot(epochs, [h["train_loss"] for h in run.history], linestyle="--", **style)
+        ax_loss.plot(epochs, [h["valid_loss"] for h in run.history], label=run.name, **style)
+        ax_acc.plot(epochs, [h["valid_clip_acc"] for h in run.history], label=run.name, **style)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss (valid solid, train dashed)")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="valid accuracy (clip level)", ylim=(0, 1))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_acc.legend(fontsize="small", loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _group_title(group: list[Run]) -> str:
+    fingerprint = group[0].fingerprint
+    cache = f"cache {fingerprint[:12]}" if fingerprint else "unknown cache (no checkpoint in the run folder)"
+    return f"{cache}, labels: {', '.join(group[0].labels)}"
+
+
+def chosen_section(run: Run, confusion_png: Path) -> list[str]:
+    """The chosen run: its accuracies, test confusion matrix figure and per-class accuracy."""
+    from train import plot_confusion
+
+    plot_confusion(run.results["test"]["confusion_matrix"], list(run.labels), confusion_png,
+                   f"{run.name}: test (clip level)")
+    return [f"Chosen by valid accuracy: **{run.name}** (`{run.path}`), valid {run.valid_acc:.4f}, "
+            f"test {run.test_acc:.4f}. The test accuracy is reported only; it played no part in the choice.",
+            "", f"![test confusion matrix of {run.name}]({confusion_png.name})", "",
+            per_class_table(run), ""]
+
+
+def write_report(runs: list[Run], out) -> dict:
+    """Write the Markdown report and its figures; returns what was written and chosen.
+
+    Returns
+    -------
+    dict
+        ``report`` (Path), ``figures`` (list of Path), ``chosen`` (one run name, or None,
+        per comparison group), ``groups`` (run names per group) and ``runs`` (rows of
+        :func:`describe`, sorted by valid accuracy within each group).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    groups = comparison_groups(runs)
+    chosen = [choose(group) for group in groups]
+    rows = {id(run): describe(run) for run in runs}
+    curves_png = out.with_name(f"{out.stem}_curves.png")
+    plot_learning_curves(runs, curves_png, [c for c in chosen if c is not None])
+    figures = [curves_png]
+
+    lines = ["# Training runs", "",
+             f"{len(runs)} run(s). Runs are ranked by valid accuracy (clip level); the run with the "
+             f"highest valid accuracy is chosen. Test accuracy is shown but never used to choose.", ""]
+    if len(groups) > 1:
+        lines += [f"> **Warning:** these runs used {len(groups)} different caches or label sets, so their "
+                  f"accuracies are not comparable across groups; each group is ranked on its own.", ""]
+    if any(run.trained_on_valid for run in runs):
+        lines += ["Runs marked *(trained on)* trained on the valid split (`--merge-train-valid`); "
+                  "their valid accuracy is not a held-out score and they are not chosen.", ""]
+    for index, (group, best) in enumerate(zip(groups, chosen), start=1):
+        heading = "## Runs" if len(groups) == 1 else f"## Group {index}: {_group_title(group)}"
+        lines += [heading, "", runs_table(group, best, rows), ""]
+        if best is None:
+            lines += ["No run of this group can be chosen: all were trained on the valid split.", ""]
+            continue
+        suffix = "" if len(groups) == 1 else f"_{index}"
+        confusion_png = out.with_name(f"{out.stem}_confusion{suffix}.png")
+        lines += chosen_section(best, confusion_png)
+        figures.append(confusion_png)
+    lines += ["## Learning curves", "", f"![learning curves of every run]({curves_png.name})", ""]
+    out.write_text("\n".join(lines))
+    return {"report": out, "figures": figures,
+            "chosen": [None if c is None else c.name for c in chosen],
+            "groups": [[run.name for run in group] for group in groups],
+            "runs": [rows[id(run)] for group in groups for run in ranked(group)]}
+
+
+def main(args) -> dict:
+    """Read ``args.runs`` and write the report to ``args.out``; returns :func:`write_report`'s dict."""
+    runs = read_runs(args.runs)
+    summary = write_report(runs, args.out)
+    for name in summary["chosen"]:
+        if name is not None:
+            print(f"chosen by valid accuracy: {name}")
+    print(f"wrote {summary['report']} and {len(summary['figures'])} figure(s) beside it")
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except ReportError as exc:
+        sys.exit(f"error: {exc}")

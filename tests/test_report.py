@@ -1,0 +1,136 @@
+"""report.py on tiny finished runs: the table, the figures, the choice by valid accuracy, the flags."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import report
+from models import count_parameters
+from models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from tests.test_predict import tiny_runs
+
+PNG = b"\x89PNG"
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_gtzan, tmp_path_factory):
+    return tiny_runs(tmp_path_factory, tiny_gtzan)
+
+
+def copy_run(source, folder, **results):
+    """A copy of a finished run with some results.json values replaced."""
+    shutil.copytree(source, folder)
+    path = folder / "results.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **results}))
+    return folder
+
+
+def set_fingerprint(folder, fingerprint):
+    for name in ("best.pt", "last.pt"):
+        ckpt = load_checkpoint(folder / name)
+        ckpt["cache_fingerprint"] = fingerprint
+        save_checkpoint(ckpt, folder / name)
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """Cells of the data rows of every runs table in a Markdown report."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == len(report.TABLE_HEADER) and cells[1] not in ("run", "---"):
+            rows.append(cells)
+    return rows
+
+
+@pytest.fixture
+def two_runs(runs, tmp_path):
+    """Run "steady" has the higher valid accuracy, run "lucky" the higher test accuracy."""
+    steady = copy_run(runs["mel"], tmp_path / "steady", valid_acc=0.75, test_acc=0.50)
+    lucky = copy_run(runs["mfcc"], tmp_path / "lucky", valid_acc=0.625, test_acc=0.875)
+    return lucky, steady
+
+
+def test_report_tables_runs_and_picks_the_higher_valid_accuracy(two_runs, tmp_path, capsys):
+    lucky, steady = two_runs
+    out = tmp_path / "out" / "report.md"
+    summary = report.main(report.get_args_parser().parse_args([str(lucky), str(steady), "--out", str(out)]))
+    text = out.read_text()
+    assert summary["chosen"] == ["steady"]  # by valid accuracy, never by test
+    assert "chosen by valid accuracy: steady" in capsys.readouterr().out
+    rows = table_rows(text)
+    assert [r[1] for r in rows] == ["steady", "lucky"]  # sorted by valid accuracy
+    assert rows[0][0] == "**chosen**" and rows[1][0] == ""
+    header = list(report.TABLE_HEADER)
+    steady_row = dict(zip(header, rows[0]))
+    args = json.loads((steady / "args.json").read_text())
+    epochs = len((steady / "metrics.jsonl").read_text().splitlines())
+    assert (steady_row["model"], steady_row["feature"]) == ("cnn1d", "mel")
+    assert steady_row["segment (s)"] == str(args["segment_seconds"])
+    assert (steady_row["optimizer"], steady_row["lr"]) == ("adam", str(args["lr"]))
+    assert steady_row["epochs"] == f"{epochs}/{args['epochs']}"
+    params = count_parameters(model_from_checkpoint(load_checkpoint(steady / "best.pt")))
+    assert steady_row["parameters"] == f"{params:,}"
+    assert steady_row["aug. versions"] == "0"  # read from the run's cache, built without augmentation
+    assert steady_row["train time"] != "?"
+    assert (steady_row["valid acc"], steady_row["test acc"]) == ("0.7500", "0.5000")
+    # Figures beside the report, linked by name; the chosen run's confusion matrix and classes.
+    assert [f.parent for f in summary["figures"]] == [out.parent] * 2
+    for figure in summary["figures"]:
+        assert figure.read_bytes()[:4] == PNG and f"]({figure.name})" in text
+    labels = json.loads((steady / "results.json").read_text())["labels"]
+    for label in labels:
+        assert f"| {label} |" in text
+    assert "Warning" not in text
+
+
+def test_run_trained_on_valid_is_never_chosen(two_runs, tmp_path):
+    lucky, steady = two_runs
+    merged = copy_run(steady, tmp_path / "merged", valid_acc=1.0, valid_trained_on=True)
+    summary = report.write_report(report.read_runs([merged, lucky, steady]), tmp_path / "r.md")
+    assert summary["chosen"] == ["steady"]
+    assert "(trained on)" in (tmp_path / "r.md").read_text()
+
+
+def test_runs_on_other_caches_are_flagged_and_ranked_apart(two_runs, tmp_path):
+    lucky, steady = two_runs
+    set_fingerprint(lucky, "0" * 64)
+    summary = report.write_report(report.read_runs([lucky, steady]), tmp_path / "r.md")
+    text = (tmp_path / "r.md").read_text()
+    assert "Warning" in text and "0" * 12 in text
+    assert summary["groups"] == [["lucky"], ["steady"]]
+    assert summary["chosen"] == ["lucky", "steady"]
+    assert len(summary["figures"]) == 3  # curves + one confusion matrix per group
+    assert all(f.read_bytes()[:4] == PNG for f in summary["figures"])
+
+
+def test_runs_with_other_labels_are_flagged(two_runs, tmp_path):
+    lucky, steady = two_runs
+    results = json.loads((lucky / "results.json").read_text())
+    (lucky / "results.json").write_text(json.dumps({**results, "labels": results["labels"][::-1]}))
+    summary = report.write_report(report.read_runs([lucky, steady]), tmp_path / "r.md")
+    assert len(summary["groups"]) == 2 and "Warning" in (tmp_path / "r.md").read_text()
+
+
+def test_table_shows_what_training_recorded(two_runs):
+    lucky, _ = two_runs
+    results = json.loads((lucky / "results.json").read_text())
+    row = report.describe(report.read_run(lucky))
+    assert row["parameters"] == results["parameters"] > 0
+    assert row["train_seconds"] == results["train_seconds"] > 0
+    assert row["augment_versions"] == results["augment_versions"]
+    assert report.format_seconds(725.0) == "12m 05s"
+
+
+@pytest.mark.parametrize("remove", ["results.json", "metrics.jsonl", "args.json"])
+def test_unfinished_run_is_refused_by_name(runs, tmp_path, remove):
+    folder = copy_run(runs["mel"], tmp_path / "unfinished")
+    (folder / remove).unlink()
+    with pytest.raises(report.ReportError, match=f"unfinished.*{remove}"):
+        report.read_runs([folder])
+
+
+def test_missing_folder_is_refused(tmp_path):
+    with pytest.raises(report.ReportError, match="nowhere"):
+        report.read_runs([tmp_path / "nowhere"])
