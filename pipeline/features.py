@@ -146,10 +146,10 @@ class Feature:
         n_samples = _check_int("n_samples", n_samples, minimum=1)
         return (self.n_bins(), 1 + n_samples // self.settings["hop_length"])
 
-    def _compute(self, samples: np.ndarray) -> np.ndarray:
+    def _compute(self, samples: np.ndarray, shared: dict) -> np.ndarray:
         raise NotImplementedError
 
-    def __call__(self, samples: np.ndarray) -> np.ndarray:
+    def __call__(self, samples: np.ndarray, *, shared: dict | None = None) -> np.ndarray:
         """Compute the feature of one clip.
 
         Parameters
@@ -163,7 +163,8 @@ class Feature:
             float32, C-contiguous, shape ``self.output_shape(n_samples)``.
         """
         samples = check_waveform(samples)
-        return np.ascontiguousarray(self._compute(samples), dtype=np.float32)
+        return np.ascontiguousarray(self._compute(samples, {} if shared is None else shared),
+                                    dtype=np.float32)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.settings.items())
@@ -191,7 +192,15 @@ class LogMel(Feature):
     def n_bins(self) -> int:
         return self.settings["n_mels"]
 
-    def _log_mel(self, samples: np.ndarray) -> np.ndarray:
+    def _log_mel(self, samples: np.ndarray, shared: dict) -> np.ndarray:
+        s = self.settings
+        # mel and mfcc of one clip with equal settings share this spectrogram (compute_features).
+        key = ("log_mel", self.sr, s["n_fft"], s["hop_length"], s["n_mels"], s["fmin"], s["fmax"])
+        if key not in shared:
+            shared[key] = self._compute_log_mel(samples)
+        return shared[key]
+
+    def _compute_log_mel(self, samples: np.ndarray) -> np.ndarray:
         s = self.settings
         power = librosa.feature.melspectrogram(
             y=samples, sr=self.sr, n_fft=s["n_fft"], hop_length=s["hop_length"], n_mels=s["n_mels"],
@@ -199,8 +208,8 @@ class LogMel(Feature):
         )
         return librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=None)
 
-    def _compute(self, samples: np.ndarray) -> np.ndarray:
-        return self._log_mel(samples)
+    def _compute(self, samples: np.ndarray, shared: dict) -> np.ndarray:
+        return self._log_mel(samples, shared)
 
 
 class MFCC(LogMel):
@@ -229,9 +238,9 @@ class MFCC(LogMel):
     def n_bins(self) -> int:
         return self.settings["n_mfcc"] * (1 + self.settings["deltas"])
 
-    def _compute(self, samples: np.ndarray) -> np.ndarray:
+    def _compute(self, samples: np.ndarray, shared: dict) -> np.ndarray:
         s = self.settings
-        mfcc = librosa.feature.mfcc(S=self._log_mel(samples), n_mfcc=s["n_mfcc"])
+        mfcc = librosa.feature.mfcc(S=self._log_mel(samples, shared), n_mfcc=s["n_mfcc"])
         if s["deltas"] == 0:
             return mfcc
         if mfcc.shape[1] < DELTA_WIDTH:
@@ -269,7 +278,7 @@ class Chroma(Feature):
     def n_bins(self) -> int:
         return self.settings["n_chroma"]
 
-    def _compute(self, samples: np.ndarray) -> np.ndarray:
+    def _compute(self, samples: np.ndarray, shared: dict) -> np.ndarray:
         s = self.settings
         return librosa.feature.chroma_stft(
             y=samples, sr=self.sr, n_fft=s["n_fft"], hop_length=s["hop_length"], n_chroma=s["n_chroma"],
@@ -315,7 +324,7 @@ class CQT(Feature):
     def n_bins(self) -> int:
         return self.settings["n_bins"]
 
-    def _compute(self, samples: np.ndarray) -> np.ndarray:
+    def _compute(self, samples: np.ndarray, shared: dict) -> np.ndarray:
         s = self.settings
         magnitude = np.abs(librosa.cqt(
             samples, sr=self.sr, hop_length=s["hop_length"], fmin=s["fmin"], n_bins=s["n_bins"],
@@ -338,7 +347,7 @@ class Waveform(Feature):
     def output_shape(self, n_samples: int) -> tuple[int, ...]:
         return (_check_int("n_samples", n_samples, minimum=1),)
 
-    def _compute(self, samples: np.ndarray) -> np.ndarray:
+    def _compute(self, samples: np.ndarray, shared: dict) -> np.ndarray:
         return samples.copy()
 
 
@@ -382,6 +391,20 @@ def build_feature(name: str, *, sr: int = 22050, **settings) -> Feature:
         known = ", ".join(["sr", *cls.DEFAULTS])
         raise ValueError(f"unknown setting(s) {', '.join(unknown)} for feature {name!r}; its settings are: {known}")
     return cls(sr=sr, **settings)
+
+
+def compute_features(features: dict[str, Feature], samples: np.ndarray) -> dict[str, np.ndarray]:
+    """Every feature of one clip, sharing work between them.
+
+    ``mel`` and ``mfcc`` with equal STFT and mel settings compute the log-mel once.
+
+    >>> feats = {n: build_feature(n) for n in ("mel", "mfcc")}
+    >>> out = compute_features(feats, np.zeros(22050, dtype=np.float32))
+    >>> out["mel"].shape, out["mfcc"].shape
+    ((128, 44), (20, 44))
+    """
+    shared: dict = {}
+    return {name: feature(samples, shared=shared) for name, feature in features.items()}
 
 
 def parse_feature_names(text: str) -> list[str]:

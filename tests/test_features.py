@@ -233,3 +233,21 @@ def test_parse_feature_names():
 def test_parse_feature_names_refuses(text, message):
     with pytest.raises(ValueError, match=message):
         parse_feature_names(text)
+
+
+def test_compute_features_shares_the_log_mel_and_matches_single_calls(monkeypatch):
+    from pipeline.features import LogMel, compute_features
+
+    y = np.random.default_rng(4).uniform(-0.5, 0.5, 22050).astype(np.float32)
+    features = {name: build_feature(name) for name in FEATURES}
+    alone = {name: feature(y) for name, feature in features.items()}
+    calls = []
+    original = LogMel._compute_log_mel
+    monkeypatch.setattr(LogMel, "_compute_log_mel", lambda self, s: calls.append(1) or original(self, s))
+    together = compute_features(features, y)
+    assert len(calls) == 1  # mel and mfcc share one spectrogram
+    for name in FEATURES:
+        np.testing.assert_array_equal(together[name], alone[name])
+    calls.clear()
+    compute_features({"mel": build_feature("mel"), "mfcc": build_feature("mfcc", n_mels=64)}, y)
+    assert len(calls) == 2  # other mel settings: nothing to share
