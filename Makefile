@@ -6,14 +6,20 @@ DATA ?= gtzan
 CACHE ?= cache.h5
 RUN ?= runs/demo
 
-.PHONY: setup demo test clean
+.PHONY: setup setup-dist demo test clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+# dask + distributed: optional for users (build_cache.py --backend dask), needed by the tests.
+setup-dist: $(VENV)/.installed-dist
+
+$(VENV)/.installed-dist: requirements-dist.txt $(VENV)/.installed
+	$(PY) -m pip install --quiet -r requirements-dist.txt
 	touch $@
 
 # End to end on the synthetic set, scaled down so it takes a few minutes on 2 cores.
@@ -23,7 +29,7 @@ demo: setup
 	$(PY) -m cache.inspect $(CACHE)
 	$(PY) train.py --cache $(CACHE) --feature mel --model cnn1d --epochs 12 --out-dir $(RUN)
 
-test: setup
+test: setup setup-dist
 	$(PY) -m pytest -q
 
 clean:

@@ -1,8 +1,10 @@
 """Build the HDF5 feature cache that train.py streams from.
 
     python build_cache.py --features mel,mfcc --augment 4
+    python build_cache.py --data /shared/gtzan --backend dask --scheduler tcp://head:8786
 
-Decodes every listed clip in parallel joblib workers, adds ``--augment`` audio-effect
+Decodes every listed clip in parallel joblib workers (local processes, or the workers
+of a Dask cluster with --backend dask), adds ``--augment`` audio-effect
 copies of each training clip, computes every requested feature, and writes one
 chunked, self-describing HDF5 file (``h5ls -r cache.h5`` shows it). A killed build
 resumes when the same command is run again.
@@ -13,7 +15,7 @@ import argparse
 import os
 import sys
 
-from cache.build import build
+from cache.build import BACKENDS, WorkersLost, build
 from cache.writer import SettingsMismatch
 from pipeline.audio import DEFAULT_DURATION, DEFAULT_SR
 from pipeline.augment import DEFAULT_EFFECTS, build_augmenter, parse_effect_names
@@ -50,7 +52,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", default=DEFAULT_FEATURES,
                    help=f"comma-separated features to compute: mel, mfcc, chroma, cqt, wave {fmt}")
     p.add_argument("--jobs", type=int, default=default_jobs(),
-                   help=f"parallel decode/feature workers {fmt}, i.e. all cores")
+                   help=f"parallel decode/feature workers {fmt}, i.e. all cores; with --scheduler "
+                        f"the cluster's workers decide")
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="loky",
+                   help=f"where the workers run: loky (processes on this machine) or dask (a Dask "
+                        f"cluster; needs requirements-dist.txt) {fmt}")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="Dask scheduler to use with --backend dask, e.g. tcp://head:8786 (default: start a "
+                        "local cluster of --jobs workers); every worker must see --data at the same path")
     p.add_argument("--seed", type=int, default=0, help=f"seed of the augmentation draws {fmt}")
     p.add_argument("--sr", type=int, default=DEFAULT_SR, help=f"sample rate in Hz {fmt}")
     p.add_argument("--duration", type=float, default=DEFAULT_DURATION,
@@ -146,7 +155,7 @@ def main(args) -> "BuildSummary":
                     augmenter=make_augmenter(args), versions=args.augment, seed=args.seed,
                     sr=args.sr, duration=args.duration, jobs=args.jobs,
                     compression=args.compression, overwrite=args.overwrite,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, backend=args.backend, scheduler=args.scheduler)
     print(summary.describe())
     if summary.skipped:
         print(f"{len(summary.skipped)} files could not be decoded and were skipped "
@@ -159,5 +168,5 @@ def main(args) -> "BuildSummary":
 if __name__ == "__main__":
     try:
         main(get_args_parser().parse_args())
-    except (ValueError, SplitListError, SettingsMismatch) as exc:
+    except (ValueError, SplitListError, SettingsMismatch, WorkersLost) as exc:
         sys.exit(f"error: {exc}")

@@ -115,6 +115,14 @@ def setup_distributed(device_name: str) -> Dist:
         return Dist()
     info = Dist(rank=int(os.environ["RANK"]), world=world, local_rank=int(os.environ.get("LOCAL_RANK", 0)))
     use_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
+    if use_cuda:
+        if info.local_rank >= torch.cuda.device_count():
+            raise TrainError(f"process {info.rank} has LOCAL_RANK {info.local_rank}, but this node has "
+                             f"{torch.cuda.device_count()} GPUs; use --nproc_per_node "
+                             f"{torch.cuda.device_count()} or fewer")
+        # Before the process group: NCCL and all_gather_object use the current device,
+        # which is otherwise GPU 0 on every process.
+        torch.cuda.set_device(info.local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return info
@@ -527,12 +535,7 @@ def main(args) -> dict:
 
 def train(args, ddp: Dist, device: torch.device) -> dict:
     out_dir = Path(args.out_dir)
-    resume = None
-    if args.resume:
-        try:
-            resume = load_checkpoint(out_dir / "last.pt")
-        except CheckpointError as exc:
-            raise TrainError(f"--resume: {exc}") from exc
+    resume, resume_best = load_resume(out_dir, ddp) if args.resume else (None, None)
     cache = open_cache(args.cache, args.feature, expect_labels=resume["labels"] if resume else None)
     if resume and resume["cache_fingerprint"] != cache.fingerprint:
         raise TrainError(f"--resume: {out_dir / 'last.pt'} was trained on another cache than {cache.path} "
@@ -562,7 +565,10 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
     model.to(device)
     if args.compile:
         model = torch.compile(model)
-    net = torch.nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
+    net = model
+    if ddp.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(args, net.parameters())
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=args.lr_factor,
                                                            patience=args.lr_patience)
@@ -572,8 +578,7 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
                                   and not torch.cuda.is_bf16_supported())
     start_epoch, best, history, best_weights = 1, {"valid_clip_acc": -1.0, "epoch": 0}, [], None
     if resume:
-        if (out_dir / "best.pt").exists():
-            best_weights = load_checkpoint(out_dir / "best.pt")["state_dict"]
+        best_weights = resume_best
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         scaler.load_state_dict(resume["scaler"])
@@ -603,6 +608,7 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
         stats = train_one_epoch(net, loader, optimizer, device=device, amp=amp, l1=args.l1, scaler=scaler,
                                 progress=ddp.main and not args.no_progress, desc=f"epoch {epoch}")
         stats = reduce_stats(stats, ddp)
+        sync_buffers(model, ddp)
         # Evaluate the plain module: each rank predicts a different share, which DDP's
         # forward (it syncs buffers across ranks) must not see.
         valid = evaluate(model, evals["valid"], args=args, device=device, amp=amp, ddp=ddp,
@@ -647,6 +653,43 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
                                 facts=run_facts(model, cache, history))
 
 
+def load_resume(out_dir: Path, ddp: Dist) -> tuple[dict, dict | None]:
+    """``last.pt`` and the weights of ``best.pt`` (None if absent) of the run in ``out_dir``.
+
+    Under torchrun only rank 0 reads them and sends them to the others, so the other
+    nodes need not see --out-dir.
+    """
+    found = error = None
+    if ddp.main:
+        try:
+            last = load_checkpoint(out_dir / "last.pt")
+            best_path = out_dir / "best.pt"
+            found = (last, load_checkpoint(best_path)["state_dict"] if best_path.exists() else None)
+        except CheckpointError as exc:
+            error = f"--resume: {exc}"
+    if ddp.world > 1:
+        # The error travels too: a rank left waiting for a checkpoint would hang the job.
+        box = [found, error]
+        dist.broadcast_object_list(box, src=0)
+        found, error = box
+    if error is not None:
+        raise TrainError(error)
+    return found
+
+
+def sync_buffers(model: torch.nn.Module, ddp: Dist) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics).
+
+    DDP broadcasts them at the start of each forward, but each rank's last training
+    batch then updates its own copy: without this, ranks would evaluate their shares
+    with different statistics than the checkpoint rank 0 saves.
+    """
+    if ddp.world == 1:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def reduce_stats(stats: dict, ddp: Dist) -> dict:
     """Sum loss, correct and count over processes so every rank logs the global figures."""
     if ddp.world == 1:
@@ -666,4 +709,5 @@ if __name__ == "__main__":
     try:
         main(get_args_parser().parse_args())
     except TrainError as exc:
-        sys.exit(f"error: {exc}")
+        # Under torchrun every rank fails alike; one copy of the message is enough.
+        sys.exit(f"error: {exc}" if os.environ.get("RANK", "0") == "0" else 1)
