@@ -24,10 +24,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
-from cache.dataset import SegmentDataset, compute_normalization, eval_hop_frames
+from cache.dataset import SegmentDataset, batch_loader, compute_normalization, eval_hop_frames
 from cache.reader import CacheError, FeatureCache
 from models import MODELS, build_model, count_parameters, model_input_kind
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -205,10 +205,8 @@ def segment_frames_for(cache: FeatureCache, feature: str, seconds: float) -> int
     return max(1, round(seconds * fps))
 
 
-def make_loader(dataset, *, batch_size: int, shuffle: bool, workers: int, device: torch.device,
-                seed: int, epoch: int = 0, ddp: Dist = Dist()) -> DataLoader:
-    sampler = None
-    generator = None
+def make_loader(dataset: SegmentDataset, *, batch_size: int, shuffle: bool, workers: int,
+                device: torch.device, seed: int, epoch: int = 0, ddp: Dist = Dist()) -> DataLoader:
     if shuffle and ddp.world > 1:
         sampler = torch.utils.data.distributed.DistributedSampler(dataset, num_replicas=ddp.world,
                                                                   rank=ddp.rank, shuffle=True, seed=seed)
@@ -216,10 +214,11 @@ def make_loader(dataset, *, batch_size: int, shuffle: bool, workers: int, device
     elif shuffle:
         # The order depends on (seed, epoch) alone, so a resumed run sees the same batches.
         generator = torch.Generator().manual_seed(seed * 100003 + epoch)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
-                      sampler=sampler, generator=generator, num_workers=workers,
-                      pin_memory=device.type == "cuda", drop_last=False,
-                      persistent_workers=False)
+        sampler = RandomSampler(dataset, generator=generator)
+    else:
+        sampler = range(len(dataset))
+    return batch_loader(dataset, sampler=sampler, batch_size=batch_size, workers=workers,
+                        pin_memory=device.type == "cuda")
 
 
 def make_optimizer(args, params):
@@ -285,9 +284,8 @@ def gather_segments(model, dataset: SegmentDataset, *, batch_size, workers, devi
                     progress=False, desc="eval") -> tuple[np.ndarray, np.ndarray]:
     """Predict every segment of ``dataset``; under DDP each rank takes a share and all get all."""
     indices = np.arange(len(dataset))
-    shard = Subset(dataset, indices[ddp.rank::ddp.world].tolist()) if ddp.world > 1 else dataset
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
+    loader = batch_loader(dataset, sampler=indices[ddp.rank::ddp.world].tolist(), batch_size=batch_size,
+                          workers=workers, pin_memory=device.type == "cuda")
     probs, clip_ids = predict_segments(model, loader, device=device, amp=amp, progress=progress, desc=desc)
     if ddp.world == 1:
         return probs, clip_ids

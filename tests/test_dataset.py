@@ -270,3 +270,23 @@ def test_workers_match_single_process(request, context, fixture):
                                     train=False)
         _assert_same_items(_batches(evaluation, workers=2, context=context),
                            _batches(evaluation, workers=0))
+
+
+@pytest.mark.parametrize("fixture", ["plain", "gzipped"])
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("feature", ["mel", "wave"])
+def test_batch_loader_equals_per_item_collation(request, fixture, train, feature):
+    from cache.dataset import batch_loader
+
+    path, _ = request.getfixturevalue(fixture)
+    mean, std = compute_normalization(path, feature)
+    segment = SEGMENT if feature == "mel" else SAMPLES // 2
+    dataset = SegmentDataset(path, feature=feature, splits=("train",) if train else ("test",),
+                             segment_frames=segment, train=train, seed=3, mean=mean, std=std)
+    dataset.set_epoch(1)
+    order = list(reversed(range(len(dataset))))  # any sampler order is kept
+    expected = [tuple(b) for b in DataLoader(dataset, batch_size=3, sampler=order)]
+    got = [tuple(b) for b in batch_loader(dataset, sampler=order, batch_size=3)]
+    _assert_same_items(got, expected)
+    _assert_same_items([tuple(b) for b in batch_loader(dataset, sampler=order, batch_size=3, workers=2)],
+                       expected)
