@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from cache.dataset import SegmentDataset  # noqa: E402
+from cache.dataset import SegmentDataset, batch_loader  # noqa: E402
 from cache.format import (FORMAT_VERSION, ROW_FIELDS, STATUS_DONE, canonical_json,  # noqa: E402
                           create_feature_dataset, fingerprint)
 from cache.reader import FeatureCache  # noqa: E402
@@ -101,11 +101,15 @@ def items_per_second(dataset: SegmentDataset, seconds: float) -> float:
 
 
 def loader_items_per_second(dataset: SegmentDataset, *, workers: int, batch: int,
-                            seconds: float) -> float:
+                            seconds: float, batched: bool = False) -> float:
     """Samples per second through a DataLoader, timed from the first batch (so worker
-    start-up is not counted)."""
+    start-up is not counted). ``batched``: train.py's loader (one get_batch per batch)
+    instead of per-item fetch plus default_collate."""
     sampler = RandomSampler(dataset, replacement=True, num_samples=10**9)
-    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers)
+    if batched:
+        loader = batch_loader(dataset, sampler=sampler, batch_size=batch, workers=workers)
+    else:
+        loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers)
     done, start = 0, None
     for x, _ in loader:
         if start is None:
@@ -202,6 +206,9 @@ def main(argv=None) -> None:
                     methods[f"DataLoader batch 32, {workers} workers"] = (
                         lambda w=workers: loader_items_per_second(dataset, workers=w, batch=32,
                                                                   seconds=args.seconds))
+                    methods[f"batch_loader (train.py) batch 32, {workers} workers"] = (
+                        lambda w=workers: loader_items_per_second(dataset, workers=w, batch=32,
+                                                                  seconds=args.seconds, batched=True))
             # Rounds interleave the methods so a burst of load elsewhere hits them alike.
             rates = {name: [] for name in methods}
             for _ in range(args.rounds):
