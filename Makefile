@@ -27,7 +27,7 @@ demo: setup
 	$(PY) -m pipeline.synthetic $(DATA) --clips-per-genre 24 --seconds 30 --seed 0
 	$(PY) build_cache.py --data $(DATA) --out $(CACHE) --features mel --augment 1
 	$(PY) -m cache.inspect $(CACHE)
-	$(PY) train.py --cache $(CACHE) --feature mel --model cnn1d --epochs 12 --out-dir $(RUN)
+	$(PY) train.py --cache $(CACHE) --feature mel --model cnn1d --epochs 30 --out-dir $(RUN)
 
 test: setup setup-dist
 	$(PY) -m pytest -q

@@ -261,6 +261,25 @@ def stop_worker_children() -> None:
         _children = None
 
 
+# librosa modules whose @guvectorize kernels numba compiles, with cache=True, on import.
+NUMBA_GUFUNC_MODULES = ("librosa.core.audio", "librosa.core.pitch", "librosa.util.utils")
+
+
+def compile_librosa_kernels() -> None:
+    """Import librosa's numba-compiled modules in this process, before workers start.
+
+    On a fresh install, workers that import them at the same time each compile and
+    cache the kernels, and numba can then keep one worker's half of a kernel's cache
+    with the other's half: every later process that loads it crashes with a segfault
+    (numba issue 10128; seen here in a fresh venv). Compiled once here, the workers
+    only read the cache.
+    """
+    import importlib
+
+    for name in NUMBA_GUFUNC_MODULES:
+        importlib.import_module(name)
+
+
 def run_tasks(tasks: list[ClipTask], *, jobs: int, features, augmenter, sr, duration, client=None):
     """Yield worker results as they finish (any order), keeping memory bounded.
 
@@ -516,6 +535,8 @@ def build(*, data, out, features: dict[str, Feature], augmenter: Augmenter | Non
     n_samples = round(duration * sr)
     shapes = {name: tuple(f.output_shape(n_samples)) for name, f in features.items()}
     built = augmented = 0
+    if backend != "loky" or jobs > 1:
+        compile_librosa_kernels()
     # Only now start workers (a cluster takes seconds) and check they see the data, before
     # the .partial file is touched.
     with build_engine(backend, jobs=jobs, scheduler=scheduler) as engine:
