@@ -214,7 +214,7 @@ def main(args) -> dict:
         raise EvaluateError(str(exc)) from exc
     members = [load_member(path, ckpt, args.cache, device=device)
                for path, ckpt in read_checkpoints(args.checkpoint)]
-    amp = device.type == "cuda" if args.amp is None else args.amp
+    amp = train.amp_enabled(device, args.amp)
     summary = {**evaluate_ensemble(members, batch_size=args.batch_size, workers=args.workers,
                                    device=device, amp=amp, progress=not args.no_progress),
                "cache": str(args.cache)}

@@ -231,6 +231,17 @@ def make_optimizer(args, params):
 
 
 # -- the loops -------------------------------------------------------------------------------
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside a DistributedDataParallel and/or torch.compile wrapper."""
+    model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    return getattr(model, "_orig_mod", model)
+
+
+def amp_enabled(device: torch.device, flag: bool | None) -> bool:
+    """--amp as asked, or by default on for CUDA only."""
+    return device.type == "cuda" if flag is None else flag
+
+
 def autocast(device: torch.device, enabled: bool):
     dtype = torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
@@ -425,8 +436,7 @@ def checkpoint_eval_datasets(ckpt: dict, path, cache_path) -> tuple[FeatureCache
 
 def checkpoint_state(*, args, model, cache, segment_frames, mean, std, optimizer=None, scheduler=None,
                      scaler=None, epoch=None, best=None, history=None) -> dict:
-    raw = model.module if hasattr(model, "module") else model
-    raw = getattr(raw, "_orig_mod", raw)
+    raw = unwrap(model)
     state = {
         "model": args.model,
         "model_config": raw.config,
@@ -451,8 +461,8 @@ def checkpoint_state(*, args, model, cache, segment_frames, mean, std, optimizer
 
 def run_facts(model, cache: FeatureCache, history: list[dict]) -> dict:
     """What a report needs beside the accuracies: size, augmentation and training time."""
-    raw = getattr(model, "_orig_mod", model)
-    return {"parameters": count_parameters(raw), "augment_versions": cache.settings["augment"]["versions"],
+    return {"parameters": count_parameters(unwrap(model)),
+            "augment_versions": cache.settings["augment"]["versions"],
             "epochs_trained": len(history),
             "train_seconds": sum(h.get("epoch_seconds", 0.0) for h in history)}
 
@@ -505,7 +515,7 @@ def eval_only(args, ddp: Dist, device: torch.device) -> dict:
     saved = argparse.Namespace(**{**ckpt["args"], "workers": args.workers, "no_progress": args.no_progress,
                                   "batch_size": args.batch_size, "cache": cache_path})
     model = model_from_checkpoint(ckpt, device=device)
-    amp = device.type == "cuda" if args.amp is None else args.amp
+    amp = amp_enabled(device, args.amp)
     out_dir = Path(args.out_dir) if args.out_dir else path.parent
     return run_final_evaluation(model, evals, args=saved, device=device, amp=amp, ddp=ddp,
                                 labels=list(cache.labels), out_dir=out_dir,
@@ -570,7 +580,7 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
     optimizer = make_optimizer(args, net.parameters())
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=args.lr_factor,
                                                            patience=args.lr_patience)
-    amp = device.type == "cuda" if args.amp is None else args.amp
+    amp = amp_enabled(device, args.amp)
     # float16 needs loss scaling; bfloat16 (CPU, recent GPUs) does not, and the scaler is then a no-op.
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda"
                                   and not torch.cuda.is_bf16_supported())
@@ -623,7 +633,7 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
             best = {"valid_clip_acc": valid["clip_acc"], "epoch": epoch}
             # Every rank keeps the best weights in memory: no rank has to read rank 0's files.
             best_weights = {k: v.detach().cpu().clone()
-                            for k, v in getattr(model, "_orig_mod", model).state_dict().items()}
+                            for k, v in unwrap(model).state_dict().items()}
         if ddp.main:
             print(f"epoch {epoch:3d}  train loss {stats['loss']:.4f}  valid loss {valid['loss']:.4f}  "
                   f"valid acc segment {valid['segment_acc']:.4f} clip {valid['clip_acc']:.4f}  "
@@ -643,7 +653,7 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
     if best_weights is None:
         raise TrainError(f"no epoch was trained, so there are no best weights to evaluate "
                          f"(--epochs {args.epochs}, lr {optimizer.param_groups[0]['lr']:.1e} vs --min-lr {args.min_lr})")
-    getattr(model, "_orig_mod", model).load_state_dict(best_weights)
+    unwrap(model).load_state_dict(best_weights)
     if ddp.main:
         print(f"best epoch {best['epoch']} (valid clip accuracy {best['valid_clip_acc']:.4f})")
     return run_final_evaluation(model, evals, args=args, device=device, amp=amp, ddp=ddp, labels=labels,

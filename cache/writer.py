@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,8 +100,7 @@ class CacheWriter:
     """
 
     def __init__(self, out, *, settings: dict, layout: dict[str, SplitRows],
-                 shapes: dict[str, tuple[int, ...]], compression: str = "none",
-                 flush_seconds: float = 0.0):
+                 shapes: dict[str, tuple[int, ...]], compression: str = "none"):
         self.out = Path(out)
         self.partial = self.out.with_name(self.out.name + ".partial")
         self.settings = settings
@@ -110,10 +108,8 @@ class CacheWriter:
         self.layout = layout
         self.shapes = shapes
         self.compression = compression
-        self.flush_seconds = flush_seconds
         self._file: h5py.File | None = None
         self._unflushed: list[tuple[str, int, int]] = []
-        self._last_flush = time.monotonic()
         self.resumed = False
 
     # -- opening ---------------------------------------------------------------------
@@ -217,8 +213,8 @@ class CacheWriter:
                 group["augment"][index] = canonical_json(row.augment) if row.augment else ""
                 group["flags"][index] = ",".join(row.flags)
                 self._unflushed.append((result.split, index, STATUS_DONE))
-        if time.monotonic() - self._last_flush >= self.flush_seconds:
-            self.flush()
+        # Flushed per clip: cheap next to decoding one, and a kill then costs one clip at most.
+        self.flush()
 
     def _mark_skipped(self, group: h5py.Group, rows: SplitRows, result: ClipResult) -> None:
         for version in range(rows.versions + 1):
@@ -240,7 +236,6 @@ class CacheWriter:
             self._file[split]["status"][index] = status
         self._file.flush()
         self._unflushed.clear()
-        self._last_flush = time.monotonic()
 
     def skipped(self) -> list[dict]:
         """Every skipped source clip: split, path and reason (sorted, one per clip)."""
