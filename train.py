@@ -29,11 +29,12 @@ from tqdm import tqdm
 
 from cache.dataset import SegmentDataset, batch_loader, compute_normalization, eval_hop_frames
 from cache.reader import CacheError, FeatureCache
-from models import MODELS, build_model, count_parameters, model_input_kind
+from models import MODELS, build_model, count_parameters, model_input_kind, parse_model_settings
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 DEFAULT_CACHE = "cache.h5"
 DEFAULT_OUT_DIR = "runs/latest"
+SCHEDULES = ("plateau", "cosine")
 OPTIMIZERS = {
     "sgd": torch.optim.SGD,
     "adam": torch.optim.Adam,
@@ -62,19 +63,37 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum for sgd")
     p.add_argument("--weight-decay", type=float, default=0.0, help=f"L2 penalty (optimizer weight decay) {fmt}")
     p.add_argument("--l1", type=float, default=0.0, help=f"L1 penalty on the weights, added to the loss {fmt}")
+    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help=f"mixup: blend training segments with weights drawn from Beta(ALPHA, ALPHA); "
+                        f"0 turns it off {fmt}")
+    p.add_argument("--mask-bins", type=int, default=0,
+                   help=f"SpecAugment: zero one band of up to this many bins in each training segment {fmt}")
+    p.add_argument("--mask-frames", type=int, default=0,
+                   help=f"SpecAugment: zero one span of up to this many frames in each training segment {fmt}")
     p.add_argument("--dropout", type=float, default=None,
                    help="dropout of the model's head (default: the model's own default)")
+    p.add_argument("--model-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other setting of the model, e.g. --model-set channels=64 or "
+                        "--model-set kernel_sizes=8,8,4 (repeatable; see the model's docstring)")
+    p.add_argument("--schedule", default="plateau", choices=SCHEDULES,
+                   help=f"learning-rate schedule: plateau (reduce when the valid loss stops falling) or "
+                        f"cosine (linear warm-up, then cosine decay to zero at --epochs) {fmt}")
+    p.add_argument("--warmup-epochs", type=int, default=0,
+                   help=f"epochs of linear lr warm-up of the cosine schedule {fmt}")
     p.add_argument("--lr-patience", type=int, default=3,
-                   help=f"epochs without valid-loss improvement before the lr is reduced {fmt}")
-    p.add_argument("--lr-factor", type=float, default=0.2, help=f"factor the lr is reduced by {fmt}")
+                   help=f"plateau: epochs without valid-loss improvement before the lr is reduced {fmt}")
+    p.add_argument("--lr-factor", type=float, default=0.2, help=f"plateau: factor the lr is reduced by {fmt}")
     p.add_argument("--min-lr", type=float, default=1e-5,
-                   help=f"stop training once the lr falls below this {fmt}")
+                   help=f"plateau: stop training once the lr falls below this {fmt}")
     p.add_argument("--segment-seconds", type=float, default=3.0,
                    help=f"length of the training and evaluation segments in seconds {fmt}")
+    p.add_argument("--crops-per-clip", type=int, default=1,
+                   help=f"random training segments drawn from each clip per epoch {fmt}")
     p.add_argument("--eval-hop-seconds", type=float, default=None,
                    help="hop between evaluation segments (default: the segment length, no overlap)")
     p.add_argument("--merge-train-valid", action="store_true",
-                   help="train on train+valid (valid is still reported, but it was trained on)")
+                   help="train on train+valid for the final model: the last epoch is kept, since valid "
+                        "cannot choose one (valid is still reported, but it was trained on)")
     p.add_argument("--seed", type=int, default=0, help=f"seed of weights, crops and shuffling {fmt}")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                    help=f"where to train; auto picks cuda, then mps, then cpu {fmt}")
@@ -159,7 +178,7 @@ def check_args(args) -> None:
         raise TrainError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
     if args.optimizer not in OPTIMIZERS:
         raise TrainError(f"unknown optimizer {args.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-    for name in ("epochs", "batch_size"):
+    for name in ("epochs", "batch_size", "crops_per_clip"):
         if getattr(args, name) < 1:
             raise TrainError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
     if args.lr <= 0:
@@ -168,6 +187,16 @@ def check_args(args) -> None:
         raise TrainError(f"--segment-seconds {args.segment_seconds}: must be positive")
     if not 0 < args.lr_factor < 1:
         raise TrainError(f"--lr-factor {args.lr_factor}: must be between 0 and 1")
+    for name in ("mask_bins", "mask_frames"):
+        if getattr(args, name) < 0:
+            raise TrainError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be 0 (off) or more")
+    if args.mixup < 0:
+        raise TrainError(f"--mixup {args.mixup}: must be 0 (off) or a positive Beta parameter such as 0.2")
+    if args.schedule not in SCHEDULES:
+        raise TrainError(f"unknown --schedule {args.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    if not 0 <= args.warmup_epochs < args.epochs:
+        raise TrainError(f"--warmup-epochs {args.warmup_epochs}: must be at least 0 and less than "
+                         f"--epochs {args.epochs}")
 
 
 def check_model_fits_feature(model: str, feature: str, cache: FeatureCache) -> None:
@@ -230,6 +259,27 @@ def make_optimizer(args, params):
     return OPTIMIZERS[args.optimizer](params, **kwargs)
 
 
+def cosine_factor(epoch: int, *, epochs: int, warmup: int) -> float:
+    """Multiplier of the initial lr in 0-based ``epoch``: linear warm-up to 1 at epoch
+    ``warmup``, then a half cosine that would reach zero one epoch after the last.
+
+    >>> [round(cosine_factor(e, epochs=4, warmup=1), 3) for e in range(4)]
+    [0.5, 1.0, 0.75, 0.25]
+    """
+    if epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / (epochs - warmup)))
+
+
+def make_scheduler(args, optimizer):
+    """``--schedule``: stepped once per epoch, plateau with the monitored loss."""
+    if args.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda epoch: cosine_factor(epoch, epochs=args.epochs, warmup=args.warmup_epochs))
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=args.lr_factor,
+                                                      patience=args.lr_patience)
+
+
 # -- the loops -------------------------------------------------------------------------------
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain module inside a DistributedDataParallel and/or torch.compile wrapper."""
@@ -251,18 +301,63 @@ def l1_penalty(model: torch.nn.Module) -> torch.Tensor:
     return sum(p.abs().sum() for name, p in model.named_parameters() if p.requires_grad and p.dim() > 1)
 
 
+def mix_batch(x: torch.Tensor, y: torch.Tensor, alpha: float):
+    """Mixup (Zhang et al. 2018): each segment blended with another of the batch.
+
+    Returns ``(mixed_x, y, y_partner, lam)``: the loss is ``lam * CE(y) + (1 - lam) *
+    CE(y_partner)``. Draws from torch's global generator, which checkpoints save, so a
+    resumed run mixes as an uninterrupted one would.
+    """
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    partner = torch.randperm(len(y)).to(y.device)
+    return lam * x + (1 - lam) * x[partner], y, y[partner], lam
+
+
+def mask_batch(x: torch.Tensor, *, max_bins: int, max_frames: int) -> torch.Tensor:
+    """SpecAugment-style masking (Park et al. 2019), in place: each segment of
+    ``(batch, n_bins, frames)`` gets one band of up to ``max_bins`` bins and one span of
+    up to ``max_frames`` frames set to 0, the train mean after normalisation.
+
+    Widths and positions come from torch's global generator, as in :func:`mix_batch`.
+    """
+    batch, n_bins, frames = x.shape
+    for size, limit, axis in ((n_bins, max_bins, 1), (frames, max_frames, 2)):
+        if limit <= 0:
+            continue
+        width = torch.randint(0, min(limit, size) + 1, (batch, 1))
+        start = (torch.rand(batch, 1) * (size - width + 1)).long()
+        position = torch.arange(size)[None, :]
+        masked = ((position >= start) & (position < start + width)).to(x.device)
+        x.masked_fill_(masked[:, :, None] if axis == 1 else masked[:, None, :], 0.0)
+    return x
+
+
 def train_one_epoch(model, loader, optimizer, *, device, amp: bool, l1: float, scaler,
-                    progress: bool, desc: str) -> dict:
-    """One pass over the training segments; returns mean loss, accuracy and throughput."""
+                    progress: bool, desc: str, mixup: float = 0.0,
+                    mask: tuple[int, int] = (0, 0)) -> dict:
+    """One pass over the training segments; returns mean loss, accuracy and throughput.
+
+    With ``mixup`` > 0 segments are mixed (:func:`mix_batch`) and the accuracy counts
+    the label with the larger share.
+    """
     model.train()
     total_loss = total_correct = total = 0
     start = time.perf_counter()
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
+        if any(mask):
+            x = mask_batch(x, max_bins=mask[0], max_frames=mask[1])
+        if mixup > 0:
+            x, y_a, y_b, lam = mix_batch(x, y, mixup)
+            y = y_a if lam >= 0.5 else y_b
         with autocast(device, amp):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
+            if mixup > 0:
+                loss = (lam * F.cross_entropy(logits.float(), y_a)
+                        + (1 - lam) * F.cross_entropy(logits.float(), y_b))
+            else:
+                loss = F.cross_entropy(logits.float(), y)
         if l1:
             loss = loss + l1 * l1_penalty(model)
         optimizer.zero_grad(set_to_none=True)
@@ -410,7 +505,8 @@ def build_train_dataset(args, cache: FeatureCache, segment_frames: int, mean, st
     splits = ("train", "valid") if args.merge_train_valid else ("train",)
     try:
         return SegmentDataset(cache.path, feature=args.feature, splits=splits, train=True, seed=args.seed,
-                              segment_frames=segment_frames, mean=mean, std=std)
+                              segment_frames=segment_frames, crops_per_clip=args.crops_per_clip,
+                              mean=mean, std=std)
     except ValueError as exc:
         raise TrainError(str(exc)) from exc
 
@@ -463,6 +559,7 @@ def run_facts(model, cache: FeatureCache, history: list[dict]) -> dict:
     """What a report needs beside the accuracies: size, augmentation and training time."""
     return {"parameters": count_parameters(unwrap(model)),
             "augment_versions": cache.settings["augment"]["versions"],
+            "cache_fingerprint": cache.fingerprint, "data_fingerprint": cache.data_fingerprint,
             "epochs_trained": len(history),
             "train_seconds": sum(h.get("epoch_seconds", 0.0) for h in history)}
 
@@ -549,6 +646,9 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
         raise TrainError(f"--resume: {out_dir / 'last.pt'} was trained on another cache than {cache.path} "
                          f"(fingerprints differ); resume with the same cache, or start a new --out-dir")
     check_model_fits_feature(args.model, args.feature, cache)
+    if (args.mask_bins or args.mask_frames) and cache.feature_settings(args.feature)["kind"] != "spectrogram":
+        raise TrainError(f"--mask-bins/--mask-frames mask spectrograms, but feature {args.feature!r} is a "
+                         f"{cache.feature_settings(args.feature)['kind']}; leave them at 0 for it")
     seed_everything(args.seed)
     segment_frames = segment_frames_for(cache, args.feature, args.segment_seconds)
     if resume:
@@ -561,7 +661,12 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
     evals = build_eval_datasets(args, cache, segment_frames, mean, std)
     labels = list(cache.labels)
 
-    model_kwargs = {} if args.dropout is None else {"dropout": args.dropout}
+    try:
+        model_kwargs = parse_model_settings(args.model_set)
+    except ValueError as exc:
+        raise TrainError(f"--model-set: {exc}") from exc
+    if args.dropout is not None:
+        model_kwargs["dropout"] = args.dropout
     try:
         model = build_model(args.model, n_bins=train_set.n_bins, n_classes=len(labels), **model_kwargs)
     except (TypeError, ValueError) as exc:
@@ -578,8 +683,7 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(args, net.parameters())
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=args.lr_factor,
-                                                           patience=args.lr_patience)
+    scheduler = make_scheduler(args, optimizer)
     amp = amp_enabled(device, args.amp)
     # float16 needs loss scaling; bfloat16 (CPU, recent GPUs) does not, and the scaler is then a no-op.
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda"
@@ -598,14 +702,14 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
         write_json(out_dir / "args.json", vars(args))
         print(f"{args.model} ({count_parameters(model):,} parameters) on {args.feature} segments of "
               f"{segment_frames} frames, "
-              f"{len(train_set)} training clips, device {device}"
+              f"{train_set.n_clips} training clips x {args.crops_per_clip} crop(s) per epoch, device {device}"
               + (f" x {ddp.world} processes" if ddp.world > 1 else "")
               + (f", resuming after epoch {start_epoch - 1}" if resume else ""), flush=True)
     state_args = dict(args=args, cache=cache, segment_frames=segment_frames, mean=mean, std=std)
     metrics_path = out_dir / "metrics.jsonl"
     for epoch in range(start_epoch, args.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
-        if lr < args.min_lr:
+        if args.schedule == "plateau" and lr < args.min_lr:
             if ddp.main:
                 print(f"learning rate {lr:.2e} fell below --min-lr {args.min_lr:.0e}; stopping")
             break
@@ -614,21 +718,27 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
         loader = make_loader(train_set, batch_size=args.batch_size, shuffle=True, workers=args.workers,
                              device=device, seed=args.seed, epoch=epoch, ddp=ddp)
         stats = train_one_epoch(net, loader, optimizer, device=device, amp=amp, l1=args.l1, scaler=scaler,
-                                progress=ddp.main and not args.no_progress, desc=f"epoch {epoch}")
+                                progress=ddp.main and not args.no_progress, desc=f"epoch {epoch}",
+                                mixup=args.mixup, mask=(args.mask_bins, args.mask_frames))
         stats = reduce_stats(stats, ddp)
         sync_buffers(model, ddp)
         # Evaluate the plain module: each rank predicts a different share, which DDP's
         # forward (it syncs buffers across ranks) must not see.
         valid = evaluate(model, evals["valid"], args=args, device=device, amp=amp, ddp=ddp,
                          n_classes=len(labels), desc="valid")
-        scheduler.step(valid["loss"])
+        if args.schedule == "plateau":
+            # Valid that was trained on says nothing about generalisation: watch the training loss then.
+            scheduler.step(stats["loss"] if args.merge_train_valid else valid["loss"])
+        else:
+            scheduler.step()
         record = {"epoch": epoch, "train_loss": stats["loss"], "train_acc": stats["acc"],
                   "valid_loss": valid["loss"], "valid_segment_acc": valid["segment_acc"],
                   "valid_clip_acc": valid["clip_acc"], "lr": lr,
                   "segments_per_s": stats["segments"] / max(stats["seconds"], 1e-9),
                   "epoch_seconds": time.perf_counter() - epoch_start}
         history.append(record)
-        improved = valid["clip_acc"] > best["valid_clip_acc"]
+        # Merged with train, valid cannot pick an epoch: the final model is the last one.
+        improved = args.merge_train_valid or valid["clip_acc"] > best["valid_clip_acc"]
         if improved:
             best = {"valid_clip_acc": valid["clip_acc"], "epoch": epoch}
             # Every rank keeps the best weights in memory: no rank has to read rank 0's files.
@@ -655,7 +765,8 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
                          f"(--epochs {args.epochs}, lr {optimizer.param_groups[0]['lr']:.1e} vs --min-lr {args.min_lr})")
     unwrap(model).load_state_dict(best_weights)
     if ddp.main:
-        print(f"best epoch {best['epoch']} (valid clip accuracy {best['valid_clip_acc']:.4f})")
+        kept = "last epoch (--merge-train-valid)" if args.merge_train_valid else "best epoch"
+        print(f"{kept} {best['epoch']} (valid clip accuracy {best['valid_clip_acc']:.4f})")
     return run_final_evaluation(model, evals, args=args, device=device, amp=amp, ddp=ddp, labels=labels,
                                 out_dir=out_dir, trained_on_valid=args.merge_train_valid,
                                 facts=run_facts(model, cache, history))

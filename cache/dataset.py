@@ -162,15 +162,19 @@ class SegmentDataset(Dataset):
     segment_frames : int
         Segment length in frames (in samples for waveform features).
     train : bool
-        ``True``: one item per source clip per epoch, a uniformly chosen done row of
-        that clip (original or augmented version) and a random crop. Items are
-        ``(x, label)``.
+        ``True``: ``crops_per_clip`` items per source clip per epoch, each a uniformly
+        chosen done row of that clip (original or augmented version) and a random crop.
+        Items are ``(x, label)``.
         ``False``: the original rows (version 0) only, every segment of every clip at
         starts ``0, hop, 2*hop, ...`` plus one segment aligned to the clip end if those
         do not reach it. Items are ``(x, label, clip_id)``.
     hop_frames : int, optional
         Hop between evaluation segments (default ``segment_frames``); unused when
         training. A hop longer than the segment skips frames between segments.
+    crops_per_clip : int
+        Training items per clip and epoch (default 1). Small sets need several: with
+        one 3 s crop of each 30 s clip, an epoch sees a tenth of the audio, and every
+        epoch pays for an evaluation. Unused when evaluating.
     seed : int
         Seed of the training crops. Together with the epoch it fixes every crop:
         results do not depend on the number of DataLoader workers.
@@ -205,13 +209,14 @@ class SegmentDataset(Dataset):
     """
 
     def __init__(self, cache_path, *, feature: str, splits=("train",), segment_frames: int,
-                 train: bool, hop_frames: int | None = None, seed: int = 0, mean=None, std=None,
-                 backend: str = "auto"):
+                 train: bool, hop_frames: int | None = None, crops_per_clip: int = 1, seed: int = 0,
+                 mean=None, std=None, backend: str = "auto"):
         self.cache = _open(cache_path)
         self.feature = feature
         self.kind = feature_kind(self.cache, feature)
         self.splits = _check_splits(self.cache, splits)
         self.train = bool(train)
+        self.crops_per_clip = _positive_int("crops_per_clip", crops_per_clip)
         self.seed = _nonnegative_int("seed", seed)
         self.epoch = 0
         self._arrays = tuple(self.cache.array(s, feature, backend=backend) for s in self.splits)
@@ -329,10 +334,11 @@ class SegmentDataset(Dataset):
     def _epoch_plan(self) -> tuple[list[int], list[int]]:
         if self._plan is None or self._plan[0] != self.epoch:
             rng = np.random.default_rng((self.seed, self.epoch))
-            counts = np.diff(self._row_ptr)
-            picked = self._row_ptr[:-1] + rng.integers(0, counts)
+            clip_of_item = np.tile(np.arange(self.n_clips), self.crops_per_clip)
+            counts = np.diff(self._row_ptr)[clip_of_item]
+            picked = self._row_ptr[clip_of_item] + rng.integers(0, counts)
             starts = rng.integers(0, self.clip_frames - self.segment_frames + 1,
-                                  size=self.n_clips)
+                                  size=clip_of_item.size)
             # Python lists: item lookups then cost no numpy scalar conversions.
             self._plan = (self.epoch, picked.tolist(), starts.tolist())
         return self._plan[1], self._plan[2]
@@ -340,7 +346,7 @@ class SegmentDataset(Dataset):
     # -- items ----------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return self.n_clips if self.train else len(self._seg_clip)
+        return self.n_clips * self.crops_per_clip if self.train else len(self._seg_clip)
 
     def _segment(self, k: int, start: int) -> torch.Tensor:
         crop = self._arrays[self._row_split_list[k]].crop(self._rows_list[k], start,
@@ -359,7 +365,8 @@ class SegmentDataset(Dataset):
         """(row, crop start, clip) of each item."""
         if self.train:
             picked, starts = self._epoch_plan()
-            return [picked[i] for i in indices], [starts[i] for i in indices], list(indices)
+            n = self.n_clips
+            return [picked[i] for i in indices], [starts[i] for i in indices], [i % n for i in indices]
         clips = self._seg_clip[indices]
         return self._row_ptr[clips].tolist(), self._seg_start[indices].tolist(), clips.tolist()
 
@@ -394,7 +401,7 @@ class SegmentDataset(Dataset):
         if self.train:
             picked, starts = self._epoch_plan()
             x = self._segment(picked[index], starts[index])
-            return x, self._label_tensors[self._clip_label_list[index]]
+            return x, self._label_tensors[self._clip_label_list[index % self.n_clips]]
         clip = int(self._seg_clip[index])
         x = self._segment(int(self._row_ptr[clip]), int(self._seg_start[index]))
         return (x, self._label_tensors[self._clip_label_list[clip]],

@@ -84,6 +84,23 @@ def test_train_crops_reproducible_and_varied(plain):
     assert any(not torch.equal(x0, x1) for (x0, _), (x1, _) in zip(epoch0, other_seed))
 
 
+def test_crops_per_clip_draws_several_crops_of_every_clip(plain):
+    path, _ = plain
+    one = SegmentDataset(path, feature="mel", segment_frames=SEGMENT, train=True, seed=4)
+    three = SegmentDataset(path, feature="mel", segment_frames=SEGMENT, train=True, seed=4, crops_per_clip=3)
+    assert len(three) == 3 * len(one) == 3 * three.n_clips
+    items = _items(three)
+    labels = [int(y) for _, y in items]
+    assert labels == [int(y) for _, y in _items(one)] * 3  # item i is a crop of clip i % n_clips
+    crops = [x.numpy().tobytes() for x, _ in items]
+    assert len(set(crops)) == len(crops), "the crops of a clip differ"
+    x, y = three.get_batch([0, one.n_clips, 2 * one.n_clips])
+    assert torch.equal(y, torch.tensor([labels[0]] * 3))
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="crops_per_clip"):
+            SegmentDataset(path, feature="mel", segment_frames=SEGMENT, train=True, crops_per_clip=bad)
+
+
 def test_waveform_items(plain):
     path, written = plain
     ds = SegmentDataset(path, feature="wave", segment_frames=50, train=True, splits=("valid",))

@@ -108,10 +108,91 @@ def test_resume_continues_exactly_where_it_stopped(learnable_cache, tmp_path):
     assert resumed["test_acc"] == straight["test_acc"]
 
 
-def test_merge_train_valid_says_valid_was_trained_on(learnable_cache, tmp_path, capsys):
-    results = train.main(train_args(learnable_cache, tmp_path, "--epochs", "1", "--merge-train-valid"))
+def test_merge_train_valid_keeps_the_last_epoch(learnable_cache, tmp_path, capsys):
+    results = train.main(train_args(learnable_cache, tmp_path, "--epochs", "3", "--merge-train-valid",
+                                    "--optimizer", "adam", "--lr", "0.003"))
     assert results["valid_trained_on"] is True
-    assert "trained on" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "trained on" in out and "last epoch (--merge-train-valid) 3" in out
+    # Valid cannot choose an epoch it trained on: best.pt holds the last weights.
+    best, last = (load_checkpoint(tmp_path / name)["state_dict"] for name in ("best.pt", "last.pt"))
+    for key in best:
+        torch.testing.assert_close(best[key], last[key], msg=key)
+
+
+def test_cosine_schedule_warms_up_then_decays(learnable_cache, tmp_path):
+    train.main(train_args(learnable_cache, tmp_path, "--epochs", "4", "--schedule", "cosine",
+                          "--warmup-epochs", "1", "--lr", "0.002", "--optimizer", "adam",
+                          "--min-lr", "0.01"))  # --min-lr is the plateau schedule's and must not stop it
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [round(line["lr"], 6) for line in lines] == [0.001, 0.002, 0.0015, 0.0005]
+
+
+def test_mix_batch_blends_pairs_of_the_batch():
+    torch.manual_seed(0)
+    x = torch.arange(4, dtype=torch.float32)[:, None, None].expand(4, 2, 3).clone()
+    y = torch.tensor([0, 1, 2, 3])
+    mixed, y_a, y_b, lam = train.mix_batch(x, y, alpha=0.4)
+    assert 0 < lam < 1 and torch.equal(y_a, y)
+    assert sorted(y_b.tolist()) == [0, 1, 2, 3]  # a permutation of the batch's labels
+    torch.testing.assert_close(mixed, lam * x + (1 - lam) * x[y_b])  # here row i holds value i
+
+
+def test_mask_batch_zeroes_one_band_and_one_span_per_segment():
+    torch.manual_seed(1)
+    x = torch.ones(64, 20, 30)
+    masked = train.mask_batch(x.clone(), max_bins=5, max_frames=7)
+    for segment in masked:
+        zero_bins = (segment == 0).all(dim=1).nonzero().flatten()
+        zero_frames = (segment == 0).all(dim=0).nonzero().flatten()
+        assert len(zero_bins) <= 5 and len(zero_frames) <= 7
+        for found in (zero_bins, zero_frames):  # one contiguous band/span each
+            assert len(found) == 0 or found[-1] - found[0] + 1 == len(found)
+        # Nothing outside the band and the span is touched.
+        kept = torch.ones_like(segment, dtype=torch.bool)
+        kept[zero_bins] = False
+        kept[:, zero_frames] = False
+        assert (segment[kept] == 1).all()
+    assert (masked == 0).any(dim=2).sum() > 0 and (masked == 0).all(dim=1).any()
+    assert torch.equal(train.mask_batch(x.clone(), max_bins=0, max_frames=0), x)
+
+
+def test_mixup_and_masking_resume_exactly(learnable_cache, tmp_path):
+    base = ["--model", "cnn1d", "--optimizer", "adam", "--lr", "0.003", "--seed", "2"]
+    common = [*base, "--mixup", "0.4", "--mask-bins", "8", "--mask-frames", "10"]
+    train.main(train_args(learnable_cache, tmp_path / "straight", "--epochs", "2", *common))
+    train.main(train_args(learnable_cache, tmp_path / "stopped", "--epochs", "1", *common))
+    train.main(train_args(learnable_cache, tmp_path / "stopped", "--epochs", "2", *common, "--resume"))
+    a, b = (load_checkpoint(tmp_path / run / "last.pt")["state_dict"] for run in ("straight", "stopped"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+    # Mixup and masking change what is learned: the same run without them ends elsewhere.
+    train.main(train_args(learnable_cache, tmp_path / "plain", "--epochs", "2", *base))
+    plain = load_checkpoint(tmp_path / "plain" / "last.pt")["state_dict"]
+    assert any(not torch.equal(a[key], plain[key]) for key in a if a[key].is_floating_point())
+
+
+def test_model_settings_reach_the_model_and_its_checkpoint(tiny_cache, tmp_path):
+    train.main(train_args(tiny_cache, tmp_path, "--epochs", "1", "--model-set", "channels=8",
+                          "--model-set", "kernel_sizes=4,4,2", "--dropout", "0.2"))
+    config = load_checkpoint(tmp_path / "best.pt")["model_config"]
+    assert (config["channels"], config["kernel_sizes"], config["dropout"]) == (8, [4, 4, 2], 0.2)
+
+
+def test_crops_per_clip_makes_longer_epochs(learnable_cache, tmp_path, capsys, monkeypatch):
+    trained = []
+    real_epoch = train.train_one_epoch
+
+    def counting_epoch(*args, **kwargs):
+        stats = real_epoch(*args, **kwargs)
+        trained.append(stats["segments"])
+        return stats
+
+    monkeypatch.setattr(train, "train_one_epoch", counting_epoch)
+    train.main(train_args(learnable_cache, tmp_path, "--epochs", "1", "--crops-per-clip", "3"))
+    clips = int(re.search(r"(\d+) training clips x 3 crop\(s\) per epoch", capsys.readouterr().out).group(1))
+    assert trained == [3 * clips]
+    assert load_checkpoint(tmp_path / "last.pt")["args"]["crops_per_clip"] == 3
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
@@ -142,6 +223,16 @@ def test_every_spectrogram_feature_trains(feature, tiny_cache, tmp_path):
     (["--model", "cnn2d", "--feature", "chroma"], "needs n_bins >= 16"),
     (["--epochs", "0"], "--epochs"),
     (["--lr-factor", "1.5"], "--lr-factor"),
+    (["--crops-per-clip", "0"], "--crops-per-clip"),
+    (["--mixup", "-0.2"], "--mixup -0.2"),
+    (["--mask-bins", "-1"], "--mask-bins -1"),
+    (["--model", "samplecnn", "--feature", "wave", "--segment-seconds", "3", "--mask-frames", "10"],
+     "leave them at 0"),
+    (["--model-set", "channels"], "--model-set: model setting 'channels': expected KEY=VALUE"),
+    (["--model-set", "widths=3"], "widths"),
+    (["--model-set", "channels=-4"], "channels"),
+    (["--schedule", "cosine", "--warmup-epochs", "1"], "--warmup-epochs 1: must be at least 0 and less than"),
+    (["--warmup-epochs", "-1"], "--warmup-epochs"),
 ])
 def test_bad_input_gets_a_clear_message(tiny_cache, tmp_path, flags, message):
     with pytest.raises(train.TrainError, match=re.escape(message)):
