@@ -7,13 +7,21 @@ cache it was trained on and its parameter count) and writes a report with a tabl
 the runs sorted by valid accuracy, the run chosen by valid accuracy (never by test:
 test accuracy is shown, not used), the learning curves of every run in one figure, and
 the chosen run's confusion matrix and per-class accuracy. Figures are PNG files beside
-the report. Runs on different caches or label sets are not comparable: they are ranked
-in separate tables under a warning, each with its own chosen run.
+the report.
+
+Runs of one recipe over several seeds (folders named ``<recipe>_s<seed>``, as
+``bench/sweep.py`` writes them) are also summarised as mean and standard deviation per
+recipe, and the recipe with the best mean valid accuracy is chosen: on small sets one
+run's lead of a few clips is noise. Runs scored on different clips or label sets are
+not comparable: they are ranked in separate tables under a warning. Caches that differ
+only in features or augmentation score the same clips, so their runs are compared.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +76,18 @@ class Run:
 
     @property
     def fingerprint(self) -> str | None:
-        return (self.meta or {}).get("cache_fingerprint")
+        """The cache the run was trained on."""
+        return self.results.get("cache_fingerprint") or (self.meta or {}).get("cache_fingerprint")
+
+    @property
+    def data_fingerprint(self) -> str | None:
+        """The clips and labels the run was scored on (its cache's, for runs that predate it)."""
+        return self.results.get("data_fingerprint") or self.fingerprint
+
+    @property
+    def recipe(self) -> str:
+        """The run's name without a trailing ``_s<seed>``."""
+        return re.sub(r"_s\d+$", "", self.name)
 
 
 def _read_json(path: Path):
@@ -167,11 +186,41 @@ def describe(run: Run) -> dict:
 
 # -- choosing ------------------------------------------------------------------------------------
 def comparison_groups(runs: list[Run]) -> list[list[Run]]:
-    """Runs that can be compared: same cache (fingerprint) and same labels, in input order."""
+    """Runs that can be compared: scored on the same clips with the same labels, in input order."""
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
-        groups.setdefault((run.fingerprint, run.labels), []).append(run)
+        groups.setdefault((run.data_fingerprint, run.labels), []).append(run)
     return list(groups.values())
+
+
+@dataclass
+class Recipe:
+    """The runs of one recipe, one per seed, and their accuracies' mean and spread."""
+    name: str
+    runs: list[Run]
+
+    @property
+    def trained_on_valid(self) -> bool:
+        return any(run.trained_on_valid for run in self.runs)
+
+    def stats(self, split: str) -> tuple[float, float]:
+        """Mean and sample standard deviation (0 for one run) of the split's accuracy."""
+        values = [getattr(run, f"{split}_acc") for run in self.runs]
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def recipes(runs: list[Run]) -> list[Recipe]:
+    """Runs grouped by recipe name (``<recipe>_s<seed>``), in input order."""
+    found: dict[str, Recipe] = {}
+    for run in runs:
+        found.setdefault(run.recipe, Recipe(run.recipe, [])).runs.append(run)
+    return list(found.values())
+
+
+def choose_recipe(group: list[Recipe]) -> Recipe | None:
+    """The recipe with the best mean valid accuracy, never one trained on valid."""
+    candidates = [recipe for recipe in group if not recipe.trained_on_valid]
+    return max(candidates, key=lambda recipe: recipe.stats("valid")[0]) if candidates else None
 
 
 def choose(runs: list[Run]) -> Run | None:
@@ -231,6 +280,26 @@ def runs_table(runs: list[Run], chosen: Run | None, rows: dict[int, dict] | None
     return "\n".join(lines)
 
 
+RECIPE_HEADER = ("", "recipe", "seeds", "model", "feature", "segment (s)", "aug. versions",
+                 "train time", "valid acc (mean ± sd)", "test acc (mean ± sd)")
+
+
+def recipes_table(group: list[Recipe], chosen: Recipe | None) -> str:
+    """Markdown table of recipes sorted by mean valid accuracy, the chosen one marked."""
+    lines = ["| " + " | ".join(RECIPE_HEADER) + " |", "|" + "---|" * len(RECIPE_HEADER)]
+    for recipe in sorted(group, key=lambda r: -r.stats("valid")[0]):
+        first = describe(recipe.runs[0])
+        times = [t for t in (recorded(run, "train_seconds") for run in recipe.runs) if t is not None]
+        (valid, valid_sd), (test, test_sd) = recipe.stats("valid"), recipe.stats("test")
+        cells = ["**chosen**" if recipe is chosen else "", recipe.name, len(recipe.runs), first["model"],
+                 first["feature"], first["segment_seconds"], first["augment_versions"],
+                 format_seconds(statistics.fmean(times) if times else None),
+                 f"{valid:.3f} ± {valid_sd:.3f}" + (" (trained on)" if recipe.trained_on_valid else ""),
+                 f"{test:.3f} ± {test_sd:.3f}"]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def per_class_table(run: Run) -> str:
     """Markdown table of the run's per-class clip accuracy on valid and test."""
     valid, test = run.results["valid"]["per_class_acc"], run.results["test"]["per_class_acc"]
@@ -271,9 +340,9 @@ def plot_learning_curves(runs: list[Run], path: Path, chosen: list[Run]) -> None
 
 
 def _group_title(group: list[Run]) -> str:
-    fingerprint = group[0].fingerprint
-    cache = f"cache {fingerprint[:12]}" if fingerprint else "unknown cache (no checkpoint in the run folder)"
-    return f"{cache}, labels: {', '.join(group[0].labels)}"
+    fingerprint = group[0].data_fingerprint
+    data = f"data {fingerprint[:12]}" if fingerprint else "unknown data (no checkpoint in the run folder)"
+    return f"{data}, labels: {', '.join(group[0].labels)}"
 
 
 def chosen_section(run: Run, confusion_png: Path) -> list[str]:
@@ -295,7 +364,9 @@ def write_report(runs: list[Run], out) -> dict:
     -------
     dict
         ``report`` (Path), ``figures`` (list of Path), ``chosen`` (one run name, or None,
-        per comparison group), ``groups`` (run names per group) and ``runs`` (rows of
+        per comparison group), ``chosen_recipes`` (one recipe name per group, None where
+        no recipe has two seeds or all were trained on valid), ``groups`` (run names per
+        group) and ``runs`` (rows of
         :func:`describe`, sorted by valid accuracy within each group).
     """
     out = Path(out)
@@ -303,6 +374,7 @@ def write_report(runs: list[Run], out) -> dict:
     groups = comparison_groups(runs)
     chosen = [choose(group) for group in groups]
     rows = {id(run): describe(run) for run in runs}
+    chosen_recipes: list[str | None] = []
     curves_png = out.with_name(f"{out.stem}_curves.png")
     plot_learning_curves(runs, curves_png, [c for c in chosen if c is not None])
     figures = [curves_png]
@@ -311,13 +383,24 @@ def write_report(runs: list[Run], out) -> dict:
              f"{len(runs)} run(s). Runs are ranked by valid accuracy (clip level); the run with the "
              f"highest valid accuracy is chosen. Test accuracy is shown but never used to choose.", ""]
     if len(groups) > 1:
-        lines += [f"> **Warning:** these runs used {len(groups)} different caches or label sets, so their "
+        lines += [f"> **Warning:** these runs were scored on {len(groups)} different sets of clips or labels, so their "
                   f"accuracies are not comparable across groups; each group is ranked on its own.", ""]
     if any(run.trained_on_valid for run in runs):
         lines += ["Runs marked *(trained on)* trained on the valid split (`--merge-train-valid`); "
                   "their valid accuracy is not a held-out score and they are not chosen.", ""]
     for index, (group, best) in enumerate(zip(groups, chosen), start=1):
         heading = "## Runs" if len(groups) == 1 else f"## Group {index}: {_group_title(group)}"
+        group_recipes = recipes(group)
+        if len(group_recipes) < len(group):
+            best_recipe = choose_recipe(group_recipes)
+            chosen_recipes.append(None if best_recipe is None else best_recipe.name)
+            lines += [heading.replace("Runs", "Recipes", 1) if len(groups) == 1 else heading, "",
+                      "Mean and sample standard deviation over each recipe's seeds; the recipe with the "
+                      "best mean valid accuracy is chosen.", "",
+                      recipes_table(group_recipes, best_recipe), ""]
+            heading = "### Every run" if len(groups) > 1 else "## Every run"
+        else:
+            chosen_recipes.append(None)
         lines += [heading, "", runs_table(group, best, rows), ""]
         if best is None:
             lines += ["No run of this group can be chosen: all were trained on the valid split.", ""]
@@ -330,6 +413,7 @@ def write_report(runs: list[Run], out) -> dict:
     out.write_text("\n".join(lines))
     return {"report": out, "figures": figures,
             "chosen": [None if c is None else c.name for c in chosen],
+            "chosen_recipes": chosen_recipes,
             "groups": [[run.name for run in group] for group in groups],
             "runs": [rows[id(run)] for group in groups for run in ranked(group)]}
 
@@ -341,6 +425,9 @@ def main(args) -> dict:
     for name in summary["chosen"]:
         if name is not None:
             print(f"chosen by valid accuracy: {name}")
+    for name in summary["chosen_recipes"]:
+        if name is not None:
+            print(f"recipe chosen by mean valid accuracy: {name}")
     print(f"wrote {summary['report']} and {len(summary['figures'])} figure(s) beside it")
     return summary
 

@@ -70,6 +70,16 @@ def fingerprint(settings: dict) -> str:
     return hashlib.sha256(canonical_json(settings).encode("utf-8")).hexdigest()
 
 
+def data_fingerprint(settings: dict) -> str:
+    """SHA-256 (hex) of what a cache's clips are: labels, sample rate, duration and split lists.
+
+    Caches that differ only in features or augmentation share it, so runs trained on
+    them are scored on the same valid and test clips and can be compared.
+    """
+    keys = ("labels", "sample_rate", "duration", "sources")
+    return fingerprint({key: settings.get(key) for key in keys})
+
+
 def feature_path(split: str, feature: str) -> str:
     """Path of a feature dataset inside the file, e.g. ``train/features/mel``."""
     return f"{split}/{FEATURE_GROUP}/{feature}"

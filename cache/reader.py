@@ -26,8 +26,8 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from cache.format import (FEATURE_DTYPE, FORMAT_VERSION, ROW_FIELDS, STATUS_DONE, feature_path,
-                          fingerprint)
+from cache.format import (FEATURE_DTYPE, FORMAT_VERSION, ROW_FIELDS, STATUS_DONE, data_fingerprint,
+                          feature_path, fingerprint)
 
 PARTIAL_SUFFIX = ".partial"
 SPLIT_ORDER = ("train", "valid", "test")
@@ -304,6 +304,9 @@ class FeatureCache:
         The build settings (parsed from the ``settings`` attribute).
     fingerprint : str
         ``cache.format.fingerprint(settings)``.
+    data_fingerprint : str
+        ``cache.format.data_fingerprint(settings)``: equal for caches of the same clips
+        and labels, whatever their features or augmentation.
     labels : tuple of str
         Class names; the ``label`` row field indexes this.
     sample_rate : int
@@ -336,6 +339,7 @@ class FeatureCache:
             raise CacheError(
                 f"cache {self.path}: its settings do not match its stored fingerprint, so the "
                 f"file was edited or is corrupt; rebuild it with build_cache.py --overwrite")
+        self.data_fingerprint: str = data_fingerprint(self.settings)
         self.labels: tuple[str, ...] = tuple(json.loads(_text(attrs["labels"])))
         if "labels" in self.settings and tuple(self.settings["labels"]) != self.labels:
             raise CacheError(f"cache {self.path}: the labels attribute {list(self.labels)} "

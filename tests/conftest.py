@@ -28,12 +28,16 @@ def gtzan_copy(tiny_gtzan, tmp_path) -> Path:
 
 
 def build_args(data, out, *extra):
-    """Parsed build_cache.py arguments, as the command line would give them."""
+    """Parsed build_cache.py arguments, as the command line would give them.
+
+    Without augmentation unless ``extra`` asks for it: the default copies cost time
+    that most tests do not need.
+    """
     import build_cache
 
     return build_cache.get_args_parser().parse_args(
         ["--data", str(data), "--out", str(out), "--duration", str(TINY_SECONDS), "--no-progress",
-         "--jobs", "1", *extra])
+         "--jobs", "1", "--augment", "0", *extra])
 
 
 @pytest.fixture(scope="session")

@@ -93,9 +93,10 @@ def test_run_trained_on_valid_is_never_chosen(two_runs, tmp_path):
     assert "(trained on)" in (tmp_path / "r.md").read_text()
 
 
-def test_runs_on_other_caches_are_flagged_and_ranked_apart(two_runs, tmp_path):
+def test_runs_on_other_clips_are_flagged_and_ranked_apart(two_runs, tmp_path):
     lucky, steady = two_runs
-    set_fingerprint(lucky, "0" * 64)
+    results = json.loads((lucky / "results.json").read_text())
+    (lucky / "results.json").write_text(json.dumps({**results, "data_fingerprint": "0" * 64}))
     summary = report.write_report(report.read_runs([lucky, steady]), tmp_path / "r.md")
     text = (tmp_path / "r.md").read_text()
     assert "Warning" in text and "0" * 12 in text
@@ -103,6 +104,52 @@ def test_runs_on_other_caches_are_flagged_and_ranked_apart(two_runs, tmp_path):
     assert summary["chosen"] == ["lucky", "steady"]
     assert len(summary["figures"]) == 3  # curves + one confusion matrix per group
     assert all(f.read_bytes()[:4] == PNG for f in summary["figures"])
+
+
+def test_caches_of_the_same_clips_are_compared(two_runs, tmp_path):
+    # Another cache (other features or augmentation) of the same clips scores the same clips.
+    lucky, steady = two_runs
+    set_fingerprint(lucky, "0" * 64)
+    results = json.loads((lucky / "results.json").read_text())
+    (lucky / "results.json").write_text(json.dumps({**results, "cache_fingerprint": "0" * 64}))
+    summary = report.write_report(report.read_runs([lucky, steady]), tmp_path / "r.md")
+    assert summary["groups"] == [["lucky", "steady"]] and summary["chosen"] == ["steady"]
+    assert "Warning" not in (tmp_path / "r.md").read_text()
+
+
+def seeded_runs(source, tmp_path, accuracies: dict) -> list:
+    """Copies of a run named ``<recipe>_s<seed>`` with the given (valid, test) accuracies."""
+    return [copy_run(source, tmp_path / f"{recipe}_s{seed}", valid_acc=valid, test_acc=test)
+            for recipe, pairs in accuracies.items() for seed, (valid, test) in enumerate(pairs)]
+
+
+def test_recipes_are_summarised_over_seeds_and_chosen_by_mean_valid(runs, tmp_path, capsys):
+    folders = seeded_runs(runs["mel"], tmp_path, {
+        "lucky": [(0.90, 0.60), (0.40, 0.60), (0.50, 0.60)],   # the best single run, a worse mean
+        "steady": [(0.70, 0.50), (0.70, 0.40), (0.76, 0.30)],
+    })
+    out = tmp_path / "report.md"
+    summary = report.main(report.get_args_parser().parse_args([*map(str, folders), "--out", str(out)]))
+    assert summary["chosen"] == ["lucky_s0"] and summary["chosen_recipes"] == ["steady"]
+    assert "recipe chosen by mean valid accuracy: steady" in capsys.readouterr().out
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
+            if line.startswith("|") and len(line.split("|")) == len(report.RECIPE_HEADER) + 2]
+    body = {row[1]: row for row in rows if row[1] not in ("recipe", "---")}
+    assert list(body) == ["steady", "lucky"]
+    assert body["steady"][0] == "**chosen**" and body["steady"][2] == "3"
+    assert body["steady"][-2] == "0.720 ± 0.035" and body["steady"][-1] == "0.400 ± 0.100"
+    assert body["lucky"][-2] == "0.600 ± 0.265"
+
+
+def test_recipe_trained_on_valid_is_not_chosen(runs, tmp_path):
+    folders = seeded_runs(runs["mel"], tmp_path, {"final": [(1.0, 0.7), (1.0, 0.7)],
+                                                  "held_out": [(0.6, 0.6), (0.6, 0.6)]})
+    for folder in folders[:2]:
+        results = json.loads((folder / "results.json").read_text())
+        (folder / "results.json").write_text(json.dumps({**results, "valid_trained_on": True}))
+    summary = report.write_report(report.read_runs(folders), tmp_path / "r.md")
+    assert summary["chosen_recipes"] == ["held_out"]
+    assert "1.000 ± 0.000 (trained on)" in (tmp_path / "r.md").read_text()
 
 
 def test_runs_with_other_labels_are_flagged(two_runs, tmp_path):
