@@ -181,9 +181,9 @@ class LogMel(Feature):
     """
 
     name = "mel"
-    DEFAULTS = {"n_fft": 1024, "hop_length": 512, "n_mels": 128, "fmin": 0.0, "fmax": None}
+    DEFAULTS = {"n_fft": 2048, "hop_length": 512, "n_mels": 128, "fmin": 0.0, "fmax": None}
 
-    def __init__(self, *, sr=22050, n_fft=1024, hop_length=512, n_mels=128, fmin=0.0, fmax=None):
+    def __init__(self, *, sr=22050, n_fft=2048, hop_length=512, n_mels=128, fmin=0.0, fmax=None):
         super().__init__(sr=sr)
         n_fft, hop_length = _check_stft(self.sr, n_fft, hop_length)
         n_mels, fmin, fmax = _check_mel_bands(self.sr, n_fft, n_mels, fmin, fmax)
@@ -224,7 +224,7 @@ class MFCC(LogMel):
     name = "mfcc"
     DEFAULTS = {**LogMel.DEFAULTS, "n_mfcc": 20, "deltas": 0}
 
-    def __init__(self, *, sr=22050, n_fft=1024, hop_length=512, n_mels=128, fmin=0.0, fmax=None,
+    def __init__(self, *, sr=22050, n_fft=2048, hop_length=512, n_mels=128, fmin=0.0, fmax=None,
                  n_mfcc=20, deltas=0):
         super().__init__(sr=sr, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, fmin=fmin, fmax=fmax)
         n_mfcc = _check_int("n_mfcc", n_mfcc, minimum=1)
@@ -263,9 +263,9 @@ class Chroma(Feature):
     """
 
     name = "chroma"
-    DEFAULTS = {"n_fft": 1024, "hop_length": 512, "n_chroma": 12, "tuning": 0.0}
+    DEFAULTS = {"n_fft": 2048, "hop_length": 512, "n_chroma": 12, "tuning": 0.0}
 
-    def __init__(self, *, sr=22050, n_fft=1024, hop_length=512, n_chroma=12, tuning=0.0):
+    def __init__(self, *, sr=22050, n_fft=2048, hop_length=512, n_chroma=12, tuning=0.0):
         super().__init__(sr=sr)
         n_fft, hop_length = _check_stft(self.sr, n_fft, hop_length)
         n_chroma = _check_int("n_chroma", n_chroma, minimum=1)
@@ -364,7 +364,7 @@ def feature_settings_defaults(name: str) -> dict:
     """Default settings of feature ``name``, including ``sr``.
 
     >>> feature_settings_defaults("chroma")
-    {'sr': 22050, 'n_fft': 1024, 'hop_length': 512, 'n_chroma': 12, 'tuning': 0.0}
+    {'sr': 22050, 'n_fft': 2048, 'hop_length': 512, 'n_chroma': 12, 'tuning': 0.0}
     """
     return {"sr": 22050, **_feature_class(name).DEFAULTS}
 

@@ -235,7 +235,8 @@ def torchrun(cache, out_dir, *extra) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "train.py"), "--cache", str(cache), "--out-dir", str(out_dir), "--model", "cnn1d",
            "--device", "cpu", "--workers", "0", "--segment-seconds", "2.0", "--batch-size", "8",
-           "--optimizer", "adam", "--lr", "0.003", "--no-progress", *extra]
+           "--optimizer", "adam", "--lr", "0.003", "--feature", "mel", "--crops-per-clip", "1", "--no-progress",
+           *extra]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT_S,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -54,8 +54,9 @@ def test_svm_reference_needs_the_mfcc_feature(tiny_gtzan, tmp_path):
 def test_sweep_runs_every_seed_once_and_resumes(tiny_gtzan, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sweep, "CACHES", {"tiny": ["--features", "mel", "--duration", str(TINY_SECONDS),
                                                    "--jobs", "1"]})
-    monkeypatch.setattr(sweep, "RECIPES", {"quick": ("tiny", ["--epochs", "1", "--segment-seconds", "2",
-                                                              "--batch-size", "16", "--crops-per-clip", "1"])})
+    quick = ["--feature", "mel", "--epochs", "1", "--segment-seconds", "2", "--batch-size", "16",
+             "--crops-per-clip", "1"]
+    monkeypatch.setattr(sweep, "RECIPES", {"quick": ("tiny", quick)})
     flags = ["--data", str(tiny_gtzan), "--caches", str(tmp_path / "caches"), "--runs", str(tmp_path / "runs"),
              "--seeds", "0,1", "--parallel", "2"]
     sweep.main(sweep.get_args_parser().parse_args(flags))

@@ -19,9 +19,11 @@ SEGMENT = "2.0"
 
 
 def train_args(cache, out_dir, *extra):
+    """Parsed train.py arguments: mel, one crop per clip (fast), the other defaults unless ``extra`` says."""
     return train.get_args_parser().parse_args(
         ["--cache", str(cache), "--out-dir", str(out_dir), "--segment-seconds", SEGMENT,
-         "--workers", "0", "--no-progress", "--batch-size", "16", *extra])
+         "--workers", "0", "--no-progress", "--batch-size", "16", "--feature", "mel", "--crops-per-clip", "1",
+         *extra])
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +96,9 @@ def test_eval_only_needs_no_flags_repeated(trained_run):
 
 
 def test_resume_continues_exactly_where_it_stopped(learnable_cache, tmp_path):
-    common = ["--epochs", "3", "--model", "cnn1d", "--optimizer", "sgd", "--lr", "0.01", "--seed", "5"]
+    # "Stopped" = trained with a smaller --epochs; plateau's lr does not depend on --epochs as cosine's does.
+    common = ["--epochs", "3", "--model", "cnn1d", "--optimizer", "sgd", "--lr", "0.01", "--seed", "5",
+              "--schedule", "plateau"]
     straight = train.main(train_args(learnable_cache, tmp_path / "straight", *common))
     # A run stopped after epoch 2 ("--epochs 2"), then resumed to 3.
     train.main(train_args(learnable_cache, tmp_path / "stopped", *common[:1], "2", *common[2:]))
@@ -106,6 +110,29 @@ def test_resume_continues_exactly_where_it_stopped(learnable_cache, tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], msg=key)
     assert resumed["test_acc"] == straight["test_acc"]
+
+
+def test_killed_cosine_run_resumes_exactly(learnable_cache, tmp_path, monkeypatch):
+    common = ["--epochs", "3", "--model", "cnn1d", "--schedule", "cosine", "--warmup-epochs", "1",
+              "--mask-bins", "8", "--mask-frames", "10", "--seed", "4"]
+    train.main(train_args(learnable_cache, tmp_path / "straight", *common))
+    real_epoch, calls = train.train_one_epoch, []
+
+    def dies_in_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", dies_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(train_args(learnable_cache, tmp_path / "killed", *common))
+    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
+    train.main(train_args(learnable_cache, tmp_path / "killed", *common, "--resume"))
+    a, b = (load_checkpoint(tmp_path / run / "last.pt") for run in ("straight", "killed"))
+    assert [h["lr"] for h in a["history"]] == [h["lr"] for h in b["history"]]
+    for key in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0, msg=key)
 
 
 def test_merge_train_valid_keeps_the_last_epoch(learnable_cache, tmp_path, capsys):
@@ -158,7 +185,7 @@ def test_mask_batch_zeroes_one_band_and_one_span_per_segment():
 
 
 def test_mixup_and_masking_resume_exactly(learnable_cache, tmp_path):
-    base = ["--model", "cnn1d", "--optimizer", "adam", "--lr", "0.003", "--seed", "2"]
+    base = ["--model", "cnn1d", "--optimizer", "adam", "--lr", "0.003", "--seed", "2", "--schedule", "plateau"]
     common = [*base, "--mixup", "0.4", "--mask-bins", "8", "--mask-frames", "10"]
     train.main(train_args(learnable_cache, tmp_path / "straight", "--epochs", "2", *common))
     train.main(train_args(learnable_cache, tmp_path / "stopped", "--epochs", "1", *common))
@@ -227,11 +254,10 @@ def test_every_spectrogram_feature_trains(feature, tiny_cache, tmp_path):
     (["--mixup", "-0.2"], "--mixup -0.2"),
     (["--mask-bins", "-1"], "--mask-bins -1"),
     (["--model", "samplecnn", "--feature", "wave", "--segment-seconds", "3", "--mask-frames", "10"],
-     "leave them at 0"),
+     "leave them unset or 0"),
     (["--model-set", "channels"], "--model-set: model setting 'channels': expected KEY=VALUE"),
     (["--model-set", "widths=3"], "widths"),
     (["--model-set", "channels=-4"], "channels"),
-    (["--schedule", "cosine", "--warmup-epochs", "1"], "--warmup-epochs 1: must be at least 0 and less than"),
     (["--warmup-epochs", "-1"], "--warmup-epochs"),
 ])
 def test_bad_input_gets_a_clear_message(tiny_cache, tmp_path, flags, message):
