@@ -208,6 +208,11 @@ class Recipe:
         values = [getattr(run, f"{split}_acc") for run in self.runs]
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
+    @property
+    def valid_acc(self) -> float:
+        """Mean valid accuracy over the seeds: what :func:`choose` and :func:`ranked` compare."""
+        return self.stats("valid")[0]
+
 
 def recipes(runs: list[Run]) -> list[Recipe]:
     """Runs grouped by recipe name (``<recipe>_s<seed>``), in input order."""
@@ -217,14 +222,8 @@ def recipes(runs: list[Run]) -> list[Recipe]:
     return list(found.values())
 
 
-def choose_recipe(group: list[Recipe]) -> Recipe | None:
-    """The recipe with the best mean valid accuracy, never one trained on valid."""
-    candidates = [recipe for recipe in group if not recipe.trained_on_valid]
-    return max(candidates, key=lambda recipe: recipe.stats("valid")[0]) if candidates else None
-
-
-def choose(runs: list[Run]) -> Run | None:
-    """The run with the highest valid accuracy (first given wins a tie).
+def choose(runs):
+    """The run (or :class:`Recipe`) with the highest valid accuracy (first given wins a tie).
 
     Test accuracy is never looked at, and runs trained on valid cannot be chosen.
     None when every run was trained on valid.
@@ -233,8 +232,8 @@ def choose(runs: list[Run]) -> Run | None:
     return max(candidates, key=lambda run: run.valid_acc) if candidates else None
 
 
-def ranked(runs: list[Run]) -> list[Run]:
-    """Runs by descending valid accuracy (stable: ties keep the input order)."""
+def ranked(runs):
+    """Runs (or recipes) by descending valid accuracy (stable: ties keep the input order)."""
     return sorted(runs, key=lambda run: -run.valid_acc)
 
 
@@ -287,7 +286,7 @@ RECIPE_HEADER = ("", "recipe", "seeds", "model", "feature", "segment (s)", "aug.
 def recipes_table(group: list[Recipe], chosen: Recipe | None) -> str:
     """Markdown table of recipes sorted by mean valid accuracy, the chosen one marked."""
     lines = ["| " + " | ".join(RECIPE_HEADER) + " |", "|" + "---|" * len(RECIPE_HEADER)]
-    for recipe in sorted(group, key=lambda r: -r.stats("valid")[0]):
+    for recipe in ranked(group):
         first = describe(recipe.runs[0])
         times = [t for t in (recorded(run, "train_seconds") for run in recipe.runs) if t is not None]
         (valid, valid_sd), (test, test_sd) = recipe.stats("valid"), recipe.stats("test")
@@ -392,7 +391,7 @@ def write_report(runs: list[Run], out) -> dict:
         heading = "## Runs" if len(groups) == 1 else f"## Group {index}: {_group_title(group)}"
         group_recipes = recipes(group)
         if len(group_recipes) < len(group):
-            best_recipe = choose_recipe(group_recipes)
+            best_recipe = choose(group_recipes)
             chosen_recipes.append(None if best_recipe is None else best_recipe.name)
             lines += [heading.replace("Runs", "Recipes", 1) if len(groups) == 1 else heading, "",
                       "Mean and sample standard deviation over each recipe's seeds; the recipe with the "
