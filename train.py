@@ -448,15 +448,26 @@ def evaluate(model, dataset, *, args, device, amp, ddp, n_classes, desc="eval") 
     return clip_scores(probs, clip_ids, dataset, n_classes)
 
 
-def final_report(scores: dict, dataset: SegmentDataset, labels) -> dict:
-    """Accuracy, per-class accuracy and confusion matrix of one split (clip level)."""
-    matrix = confusion_matrix(dataset.clip_labels, scores["clip_pred"], labels=range(len(labels)))
+def clip_report(y_true, y_pred, labels) -> dict:
+    """Clip accuracy, per-class accuracy (None for a class with no clips), confusion matrix
+    and clip count of one split: the fields of results.json that report.py reads.
+
+    >>> clip_report([0, 0, 1], [0, 1, 1], ["a", "b", "c"])["per_class_acc"]
+    {'a': 0.5, 'b': 1.0, 'c': None}
+    """
+    matrix = confusion_matrix(y_true, y_pred, labels=range(len(labels)))
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = matrix.diagonal() / matrix.sum(1)
-    return {"clip_acc": scores["clip_acc"], "segment_acc": scores["segment_acc"], "loss": scores["loss"],
+    return {"clip_acc": float(accuracy_score(y_true, y_pred)),
             "per_class_acc": {label: (None if math.isnan(v) else float(v)) for label, v in zip(labels, per_class)},
             "confusion_matrix": matrix.tolist(),
-            "clips": int(len(dataset.clip_labels))}
+            "clips": int(len(y_true))}
+
+
+def final_report(scores: dict, dataset: SegmentDataset, labels) -> dict:
+    """:func:`clip_report` of one split's clip predictions, with its segment accuracy and loss."""
+    return {**clip_report(dataset.clip_labels, scores["clip_pred"], labels),
+            "segment_acc": scores["segment_acc"], "loss": scores["loss"]}
 
 
 # -- outputs -------------------------------------------------------------------------------

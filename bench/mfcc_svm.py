@@ -27,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cache.reader import CacheError, FeatureCache  # noqa: E402
+from train import clip_report  # noqa: E402
 
 C_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
 GAMMA_GRID = ("scale", 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -64,17 +65,6 @@ def clip_vectors(cache: FeatureCache, split: str) -> tuple[np.ndarray, np.ndarra
     return np.stack(vectors), rows["label"][originals].astype(np.int64)
 
 
-def split_report(y_true, y_pred, labels) -> dict:
-    """The fields of train.py's per-split results that report.py reads."""
-    from sklearn.metrics import accuracy_score, confusion_matrix
-
-    matrix = confusion_matrix(y_true, y_pred, labels=range(len(labels)))
-    totals = matrix.sum(1)
-    per_class = {label: (float(matrix[k, k] / totals[k]) if totals[k] else None) for k, label in enumerate(labels)}
-    return {"clip_acc": float(accuracy_score(y_true, y_pred)), "per_class_acc": per_class,
-            "confusion_matrix": matrix.tolist(), "clips": int(len(y_true))}
-
-
 def fit_and_choose(train, valid):
     """Fit every (C, gamma) of the grid on train; the fitted pipeline with the best valid accuracy."""
     from sklearn.pipeline import make_pipeline
@@ -96,7 +86,7 @@ def main(args) -> dict:
     data = {split: clip_vectors(cache, split) for split in ("train", "valid", "test")}
     _, c, gamma, model = fit_and_choose(data["train"], data["valid"])
     labels = list(cache.labels)
-    results = {split: split_report(data[split][1], model.predict(data[split][0]), labels)
+    results = {split: clip_report(data[split][1], model.predict(data[split][0]), labels)
                for split in ("valid", "test")}
     summary = {"valid_acc": results["valid"]["clip_acc"], "test_acc": results["test"]["clip_acc"],
                "valid_trained_on": False, "labels": labels, "cache_fingerprint": cache.fingerprint,
