@@ -155,11 +155,15 @@ def run_naive(*, data: str, out: str, features: str, augment: int, jobs: int,
     return {"seconds": time.perf_counter() - start, "clips": len(todo), "rows": sum(rows)}
 
 
-def run_pipeline(*, data: str, out: str, features: str, augment: int, jobs: int) -> dict:
+def run_pipeline(*, data: str, out: str, features: str, augment: int, jobs: int,
+                 backend: str = "loky") -> dict:
+    """One ``build_cache.main`` run, timed: total seconds, and when the first and last worker
+    results reached the writer (``first_s``, ``last_s``, from the start). Patches the writer
+    for good, so call it in a process of its own."""
     args = build_cache.get_args_parser().parse_args(
         ["--data", data, "--out", out, "--features", features, "--augment", str(augment),
-         "--jobs", str(jobs), "--seed", str(SEED), "--sr", str(SR), "--duration", str(DURATION),
-         "--overwrite", "--no-progress"])
+         "--jobs", str(jobs), "--backend", backend, "--seed", str(SEED), "--sr", str(SR),
+         "--duration", str(DURATION), "--overwrite", "--no-progress"])
     write_clip, arrivals = CacheWriter.write_clip, []
 
     def timed_write_clip(self, result):  # when each worker result reaches the writer
@@ -172,7 +176,8 @@ def run_pipeline(*, data: str, out: str, features: str, augment: int, jobs: int)
     seconds = time.perf_counter() - start
     clips = sum(len(Path(data, name).read_text(encoding="utf-8").split()) for name in LIST_FILES.values())
     return {"seconds": seconds, "clips": clips, "rows": summary.built_rows,
-            "first_s": arrivals[0] - start if arrivals else None}
+            "first_s": arrivals[0] - start if arrivals else None,
+            "last_s": arrivals[-1] - start if arrivals else None}
 
 
 # -- child side: one measured build per subprocess -----------------------------------------------

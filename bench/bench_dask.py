@@ -27,7 +27,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,35 +38,18 @@ BACKENDS = ("loky", "dask")
 
 # -- child side: one measured build ------------------------------------------------------------
 def child_main(spec: dict) -> None:
-    import build_cache
-    from cache.writer import CacheWriter
+    from bench_build import run_pipeline
 
-    args = build_cache.get_args_parser().parse_args(
-        ["--data", spec["data"], "--out", spec["out"], "--features", spec["features"],
-         "--augment", str(spec["augment"]), "--jobs", str(spec["jobs"]), "--backend", spec["backend"],
-         "--seed", str(SEED), "--sr", str(SR), "--duration", str(DURATION), "--overwrite", "--no-progress"])
-    write_clip, arrivals = CacheWriter.write_clip, []
-
-    def timed_write_clip(self, result):  # when each worker result reaches the writer
-        arrivals.append(time.perf_counter())
-        write_clip(self, result)
-
-    CacheWriter.write_clip = timed_write_clip
     cpu_before = os.times()
-    start = time.perf_counter()
-    summary = build_cache.main(args)
-    seconds = time.perf_counter() - start
+    result = run_pipeline(data=spec["data"], out=spec["out"], features=spec["features"],
+                          augment=spec["augment"], jobs=spec["jobs"], backend=spec["backend"])
     # loky keeps its workers for reuse; stop and reap them so their CPU time counts.
     from joblib.externals.loky import reusable_executor
     if reusable_executor._executor is not None:
         reusable_executor._executor.shutdown(wait=True)
     cpu = os.times()
-    print("RESULT " + json.dumps({
-        "seconds": seconds, "clips": len(arrivals), "rows": summary.built_rows,
-        "first_s": arrivals[0] - start, "last_s": arrivals[-1] - start,
-        # This process and its reaped children (loky workers; a LocalCluster's nannies).
-        "cpu_s": sum(cpu[:4]) - sum(cpu_before[:4]),
-    }), flush=True)
+    # CPU of this process and its reaped children (loky workers; a LocalCluster's nannies).
+    print("RESULT " + json.dumps({**result, "cpu_s": sum(cpu[:4]) - sum(cpu_before[:4])}), flush=True)
 
 
 # -- parent side -----------------------------------------------------------------------------------
