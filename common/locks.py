@@ -48,10 +48,12 @@ class LockHeld(UserError):
 def lock_path(target) -> Path:
     """Where the lock of ``target`` lives: inside an existing folder, else beside it.
 
-    >>> str(lock_path("cache.h5"))
+    >>> lock_path("cache.h5").name
     'cache.h5.lock'
     """
-    target = Path(target)
+    # Resolved, so that every spelling of one target (relative, absolute, through a
+    # symbolic link) meets at the same lock file.
+    target = Path(target).resolve()
     return target / ".lock" if target.is_dir() else target.with_name(target.name + ".lock")
 
 

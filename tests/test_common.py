@@ -167,3 +167,13 @@ def test_sigterm_runs_cleanup_and_prints_one_line(tmp_path):
     assert "Traceback" not in err and err.strip().splitlines() == ["stopped by SIGTERM; what was finished "
                                                                    "is kept; run the same command again "
                                                                    "to resume"]
+
+
+def test_every_spelling_of_a_target_meets_at_one_lock(tmp_path, monkeypatch):
+    target = tmp_path / "cache.h5"
+    (tmp_path / "link.h5").symlink_to(target)
+    monkeypatch.chdir(tmp_path)
+    with FileLock("cache.h5"):
+        for spelling in (target, tmp_path / "link.h5", "./cache.h5"):
+            with pytest.raises(LockHeld):
+                FileLock(spelling).acquire()
