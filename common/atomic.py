@@ -30,6 +30,15 @@ STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device",
                   errno.EFBIG: "the file is too large for the file system"}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_NEW_FILE_MODE = 0o666 & ~_umask()
+
+
 class StorageError(UserError):
     """A write failed because of the storage (full, read-only, no permission)."""
 
@@ -64,6 +73,8 @@ def atomic_path(path):
         raise storage_error(exc, path) or exc
     os.close(fd)
     try:
+        # mkstemp makes the file private (0600); an artefact gets the mode any new file would.
+        os.chmod(tmp, _NEW_FILE_MODE)
         yield Path(tmp)
         _fsync_file(tmp)
         os.replace(tmp, path)

@@ -177,3 +177,9 @@ def test_every_spelling_of_a_target_meets_at_one_lock(tmp_path, monkeypatch):
         for spelling in (target, tmp_path / "link.h5", "./cache.h5"):
             with pytest.raises(LockHeld):
                 FileLock(spelling).acquire()
+
+
+def test_atomic_files_get_the_mode_of_any_new_file(tmp_path):
+    write_text(tmp_path / "results.json", "{}")
+    (tmp_path / "plain.txt").write_text("{}")
+    assert (tmp_path / "results.json").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
