@@ -54,7 +54,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "(default: %(default)s)")
     p.add_argument("--out", default=None, help="study folder: folds/, caches/, runs/ (default: runs/cv/<name of "
                    "--data>)")
-    p.add_argument("--caches", default=None, help="folder of the fold caches, fold<k>/<name>.h5 (default: OUT/caches)")
+    p.add_argument("--caches", default=None, help="folder of this study's fold caches, fold<k>/<name>.h5; one per "
+                   "data set, since fold k of each set differs (default: OUT/caches)")
     p.add_argument("--folds", type=int, default=cv_folds.DEFAULT_FOLDS, help="folds (default: %(default)s)")
     p.add_argument("--fold-seed", type=int, default=0, help="seed of the fold assignment (default: %(default)s)")
     sweep.add_run_flags(p, default_only="the study's candidates, see --list")
@@ -92,7 +93,8 @@ def plan_trainings(names: list[str], seeds: list[int], *, folds: list[Path], run
                 if sweep.finished(out_dir):
                     continue
                 cache = needed.setdefault((k, cache_name), caches / f"fold{k}" / f"{cache_name}.h5")
-                todo.append(sweep.Training(out_dir, sweep.train_command(name, seed, cache, out_dir)))
+                todo.append(sweep.Training(f"fold{k}/{out_dir.name}", out_dir,
+                                           sweep.train_command(name, seed, cache, out_dir)))
     return todo, needed
 
 

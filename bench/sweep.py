@@ -244,14 +244,11 @@ def train_command(recipe: str, seed: int, cache: Path, out_dir: Path) -> list[st
 
 @dataclass(frozen=True)
 class Training:
-    """One train.py run to do: its run folder and command (without ``--resume``)."""
+    """One train.py run to do: its name in messages, run folder and command (without ``--resume``)."""
 
+    name: str
     out_dir: Path
     cmd: list[str]
-
-    @property
-    def name(self) -> str:
-        return f"{self.out_dir.parent.name}/{self.out_dir.name}"
 
 
 def finished(out_dir: Path) -> bool:
@@ -340,8 +337,8 @@ def main(args) -> None:
         todo = [(n, s) for n in names for s in seeds if not finished(runs / f"{n}_s{s}")]
         caches = {c: ensure_cache(c, data=args.data, path=Path(args.caches) / f"{c}.h5", nice=args.nice)
                   for c in sorted({RECIPES[n][0] for n, _ in todo})}
-        trainings = [Training(runs / f"{n}_s{s}", train_command(n, s, caches[RECIPES[n][0]], runs / f"{n}_s{s}"))
-                     for n, s in todo]
+        trainings = [Training(f"{n}_s{s}", runs / f"{n}_s{s}",
+                              train_command(n, s, caches[RECIPES[n][0]], runs / f"{n}_s{s}")) for n, s in todo]
         refuse_failures(run_trainings(trainings, parallel=args.parallel, nice=args.nice),
                         rerun="run the same command again")
 
