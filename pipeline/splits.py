@@ -350,7 +350,10 @@ def _broken_link(root: Path, listed: str) -> tuple[str, str] | None:
 
 def _missing_problem(root: Path, entry: _Entry, listed: str) -> _Problem:
     where = f"{LIST_FILES[entry.split]}:{entry.line}"
-    broken = _broken_link(root, listed)
+    suffix = PurePosixPath(listed).suffix
+    spellings = [listed] + [listed[:len(listed) - len(suffix)] + other
+                            for other in _FALLBACK_SUFFIXES.get(suffix.lower(), ())]
+    broken = next(filter(None, (_broken_link(root, spelling) for spelling in spellings)), None)
     if broken is not None:
         link, target = broken
         return _Problem(entry.split, entry.line, "broken_link",

@@ -16,7 +16,6 @@ import mfcc_svm  # noqa: E402
 import report  # noqa: E402
 import sweep  # noqa: E402
 from cache.reader import CacheError, FeatureCache  # noqa: E402
-from common.errors import UserError  # noqa: E402
 from tests.conftest import TINY_SECONDS  # noqa: E402
 
 
@@ -74,6 +73,8 @@ def test_sweep_runs_every_seed_once_and_resumes(tiny_gtzan, tmp_path, monkeypatc
 
 
 def test_sweep_refuses_unknown_recipes():
+    from common.errors import UserError  # inside: older code has no common package
+
     with pytest.raises(UserError, match="unknown recipe.*nope.*choose from"):
         sweep.main(sweep.get_args_parser().parse_args(["--only", "nope"]))
 

@@ -479,7 +479,7 @@ def test_dotdot_is_refused_even_when_it_stays_inside(tmp_path):
         "test_filtered.txt:1: path 'rock/../blues/blues.00003.wav' points outside the dataset root"]
 
 
-@pytest.mark.parametrize("broken", ["folder", "file", "loop"])
+@pytest.mark.parametrize("broken", ["folder", "file", "loop", "au"])
 def test_broken_link_is_a_missing_file_naming_the_link(tmp_path, broken):
     root = make_dataset(tmp_path / "data", valid_lists())
     if broken == "folder":
@@ -489,10 +489,14 @@ def test_broken_link_is_a_missing_file_naming_the_link(tmp_path, broken):
         (root / "pop").mkdir()
         os.symlink(tmp_path / "deleted.wav", root / "pop/pop.00000.wav")
         link, target = "pop/pop.00000.wav", str(tmp_path / "deleted.wav")
-    else:
+    elif broken == "loop":
         (root / "pop").mkdir()
         os.symlink("pop.00000.wav", root / "pop/pop.00000.wav")
         link, target = "pop/pop.00000.wav", "pop.00000.wav"
+    else:  # the listed .wav is GTZAN's .au, and that is the broken link
+        (root / "pop").mkdir()
+        os.symlink(tmp_path / "deleted.au", root / "pop/pop.00000.au")
+        link, target = "pop/pop.00000.au", str(tmp_path / "deleted.au")
     (root / LIST_FILES["test"]).write_text("blues/blues.00003.wav\npop/pop.00000.wav\n")
     with pytest.raises(SplitListError) as info:
         read_split_lists(root)
