@@ -129,7 +129,8 @@ RECIPES = {
 }
 
 # Recipes that need what train.py does not have yet: left out of every default --only.
-NEEDS = {name: "needs --feature mel+cqt (not in train.py yet)" for name in ("cnn1d_melcqt_a0", "cnn1d_melcqt_a4_mask")}
+NEEDS = {name: "needs --feature mel+cqt (not in train.py yet)"
+         for name in ("cnn1d_melcqt_a0", "cnn1d_melcqt_a4_mask")}
 
 # What a recipe's flags do not say by themselves (shown by --list).
 NOTES = {
