@@ -1,4 +1,6 @@
-"""The accuracy-study tools: the MFCC + SVM reference and the seeded recipe sweep."""
+"""The accuracy-study tools: the MFCC + SVM reference and the seeded recipe sweep.
+
+The cross-validation tools (bench/cv_folds.py, bench/cv_study.py) are tested in test_cv_study.py."""
 from __future__ import annotations
 
 import json
@@ -71,7 +73,9 @@ def test_sweep_runs_every_seed_once_and_resumes(tiny_gtzan, tmp_path, monkeypatc
 
 
 def test_sweep_refuses_unknown_recipes():
-    with pytest.raises(SystemExit, match="unknown recipe.*nope.*choose from"):
+    from common.errors import UserError  # inside: older code has no common package
+
+    with pytest.raises(UserError, match="unknown recipe.*nope.*choose from"):
         sweep.main(sweep.get_args_parser().parse_args(["--only", "nope"]))
 
 
@@ -80,50 +84,3 @@ def test_sweep_lists_recipes_with_their_flags(capsys):
     out = capsys.readouterr().out
     for name, (cache, flags) in sweep.RECIPES.items():
         assert f"{name}: cache {cache}" in out and " ".join(flags) in out
-
-
-def test_cv_folds_resplit_train_and_valid_in_contiguous_blocks(tiny_gtzan, tmp_path):
-    import cv_folds
-    from pipeline.splits import read_split_lists
-
-    source = read_split_lists(tiny_gtzan)
-    pool = {split: [c.listed for c in source.clips[split]] for split in ("train", "valid")}
-    paths = cv_folds.main(cv_folds.get_args_parser().parse_args(["make", str(tiny_gtzan), str(tmp_path),
-                                                                 "--folds", "3"]))
-    held_out = []
-    for fold in paths:
-        lists = read_split_lists(fold)  # a valid data folder: every listed file resolves
-        train, valid = ([c.listed for c in lists.clips[s]] for s in ("train", "valid"))
-        assert sorted(train + valid) == sorted(pool["train"] + pool["valid"]) and not set(train) & set(valid)
-        assert [c.listed for c in lists.clips["test"]] == [c.listed for c in source.clips["test"]]
-        for label in lists.labels:  # each genre's held-out clips are one contiguous block of its clips
-            ordered = [p for p in pool["train"] + pool["valid"] if p.startswith(label + "/")]
-            block = [p for p in valid if p.startswith(label + "/")]
-            start = ordered.index(block[0])
-            assert ordered[start:start + len(block)] == block
-        held_out += valid
-    assert sorted(held_out) == sorted(pool["train"] + pool["valid"])  # every clip held out exactly once
-
-
-def test_cv_folds_refuse_more_folds_than_clips(tiny_gtzan, tmp_path):
-    import cv_folds
-
-    with pytest.raises(ValueError, match="fewer clips than --folds 50"):
-        cv_folds.write_folds(tiny_gtzan, tmp_path, folds=50)
-    with pytest.raises(ValueError, match="--folds 1: need at least 2"):
-        cv_folds.write_folds(tiny_gtzan, tmp_path, folds=1)
-
-
-def test_cv_summary_pools_held_out_clips_over_folds(tmp_path, capsys):
-    import cv_folds
-
-    for fold, (acc, clips) in enumerate([(0.5, 10), (1.0, 30)]):
-        for seed in (0, 1):
-            run = tmp_path / f"fold{fold}" / f"cnn_s{seed}"
-            run.mkdir(parents=True)
-            (run / "results.json").write_text(json.dumps({"valid_acc": acc, "valid": {"clips": clips}}))
-    pooled = cv_folds.main(cv_folds.get_args_parser().parse_args(["summary", str(tmp_path)]))
-    assert pooled["cnn"] == {"folds": {"fold0": 0.5, "fold1": 1.0}, "pooled": 0.875, "clips": 80}
-    assert "| cnn | 0.500 | 1.000 | 0.875 (80 clips) |" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="no finished runs"):
-        cv_folds.main(cv_folds.get_args_parser().parse_args(["summary", str(tmp_path / "none")]))
