@@ -407,6 +407,15 @@ def clear_outputs(out_dir: Path, names=RUN_OUTPUTS) -> None:
     """Delete ``names`` from ``out_dir``, and temporary files a killed writer left of them."""
     for name in names:
         (out_dir / name).unlink(missing_ok=True)
+    remove_temporaries(out_dir, names)
+
+
+def remove_temporaries(out_dir: Path, names=RUN_OUTPUTS) -> None:
+    """Delete the temporary files of ``names`` that a killed writer (kill -9) left behind.
+
+    Only while holding the folder's lock: nobody else is writing them then.
+    """
+    for name in names:
         for tmp in out_dir.glob(f".{name}.*.tmp"):  # common.atomic's temporary files
             tmp.unlink(missing_ok=True)
 
@@ -432,6 +441,7 @@ def claim_run_folder(out_dir: Path, *, resume: bool, overwrite: bool):
     with lock_run_folder(out_dir):
         if not resume:
             refuse_existing_run(out_dir, overwrite=overwrite)
+        remove_temporaries(out_dir)
         yield
 
 

@@ -36,9 +36,9 @@ def non_finite_error(cache: FeatureCache, feature: str, split: str, row: int,
     what = "NaN" if np.isnan(values).any() else "infinite values"
     return NonFiniteFeatures(
         f"feature {feature!r} of cache {cache.path} holds {what} in split {split!r}, row {row} "
-        f"(clip {meta['path'][row]}, version {int(meta['version'][row])}); training and evaluation "
-        f"would turn them into NaN scores. Rebuild the cache (build_cache.py --overwrite) with a "
-        f"build that refuses such rows, or leave that clip out of the split lists")
+        f"(clip {meta['path'][row]}, version {int(meta['version'][row])}), which would turn scores "
+        f"into NaN: rebuild the cache (build_cache.py --overwrite) with a build that refuses such "
+        f"rows, or leave that clip out of the split lists")
 
 
 def stats_shape(kind: str, n_bins: int) -> tuple[int, ...]:

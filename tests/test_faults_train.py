@@ -515,6 +515,15 @@ def test_sigterm_leaves_a_resumable_run(running_training, tiny_cache):
     assert json.loads((out_dir / "results.json").read_text())["test_acc"] == resumed["test_acc"]
 
 
+def test_resume_after_kill_9_removes_the_half_written_files(finished_run, tiny_cache, tmp_path):
+    # What a writer killed mid-checkpoint leaves: its temporary file beside the intact last.pt.
+    folder = copy_run(finished_run, tmp_path / "run")
+    (folder / ".last.pt.k9x2a.tmp").write_bytes(b"half a checkpoint")
+    train.main(train_args(tiny_cache, folder, "--epochs", "1", "--resume"))
+    assert not list(folder.glob(".*.tmp"))
+    assert json.loads((folder / "results.json").read_text())["epochs_trained"] == 1
+
+
 def test_full_disk_keeps_the_previous_checkpoint_and_names_the_file(small_disk):
     path = small_disk / "last.pt"
     save_checkpoint({"state_dict": {"w": torch.ones(10)}, "epoch": 1}, path)
