@@ -42,7 +42,7 @@ from common.cli import run
 from common.errors import UserError
 from common.locks import FileLock
 from models import MODELS, build_model, count_parameters, model_input_kind, parse_model_settings
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from report import check_output_folder, plot_confusion
 
 DEFAULT_CACHE = "cache.h5"
@@ -918,10 +918,13 @@ def claim_eval_folder(out_dir: Path, *, own: bool, overwrite: bool):
 
 
 def eval_only(args, ddp: Dist, device: torch.device) -> dict:
+    """Evaluate ``--checkpoint`` on valid and test; returns the results (also in OUT/results.json).
+
+    The checkpoint is read without unpickling code, the cache under a shared lock and
+    the output folder under its lock; see :func:`eval_out_dir` for where results go.
+    """
     path = Path(args.checkpoint or Path(args.out_dir or DEFAULT_OUT_DIR) / "best.pt")
     ckpt = load_checkpoint(path)
-    from models.checkpoint import model_from_checkpoint
-
     cache_path = args.cache or ckpt_args(ckpt).get("cache")
     if not cache_path:
         raise TrainError(f"{path} does not record the cache it was trained on; give --cache")
