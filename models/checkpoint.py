@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -89,10 +90,21 @@ def check_plain(value, where: str = "checkpoint") -> None:
 
 
 def _one_line(exc: BaseException, limit: int = 200) -> str:
-    """The gist of an exception in one short line (torch's messages span paragraphs)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    gist = next((line for line in lines if "Unsupported global" in line or "Unsupported operand" in line),
-                lines[0] if lines else type(exc).__name__)
+    """The gist of an exception in one short line (torch's messages span paragraphs).
+
+    For a refused pickle global only its name is kept: torch's own advice (to allow
+    that global) is exactly what must not be done with a file from elsewhere.
+
+    >>> _one_line(RuntimeError("WeightsUnpickler error: Unsupported global: GLOBAL posix.system was not "
+    ...                        "an allowed global by default. Please use ..."))
+    'it refers to posix.system'
+    """
+    text = str(exc)
+    refused = re.search(r"Unsupported (?:global|operand)[^A-Za-z]*(?:GLOBAL )?([\w.]+)", text)
+    if refused:
+        return f"it refers to {refused.group(1)}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    gist = lines[0] if lines else type(exc).__name__
     return gist if len(gist) <= limit else gist[:limit - 3] + "..."
 
 
