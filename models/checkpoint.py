@@ -100,7 +100,7 @@ def _one_line(exc: BaseException, limit: int = 200) -> str:
     'it refers to posix.system'
     """
     text = str(exc)
-    refused = re.search(r"Unsupported (?:global|operand)[^A-Za-z]*(?:GLOBAL )?([\w.]+)", text)
+    refused = re.search(r"Unsupported global: (?:GLOBAL )?([\w.]+)", text)
     if refused:
         return f"it refers to {refused.group(1)}"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
