@@ -893,7 +893,7 @@ def eval_out_dir(args, path: Path, ckpt: dict, cache: FeatureCache) -> Path:
         given = "--out-dir names the checkpoint's folder" if args.out_dir else "no --out-dir is given"
         raise TrainError(f"--eval-only: {path} was trained on another cache than {cache.path}, and "
                          f"{given}: its results would replace {own / 'results.json'} with results on "
-                         f"other clips; give --out-dir a folder of their own")
+                         f"another cache; give --out-dir a folder of their own")
     return out
 
 
