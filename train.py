@@ -1160,15 +1160,15 @@ def train_in(args, ddp: Dist, device: torch.device, *, out_dir: Path, resume, re
                   f"valid acc segment {valid['segment_acc']:.4f} clip {valid['clip_acc']:.4f}  "
                   f"lr {lr:.2e}  {record['segments_per_s']:.0f} seg/s" + ("  *best" if improved else ""),
                   flush=True)
+            # Rewritten whole from the history, so a resumed run never repeats an epoch's line.
+            write_text(metrics_path, "".join(json.dumps(h, allow_nan=False) + "\n" for h in history))
             state = checkpoint_state(model=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                                      epoch=epoch, best=best, history=history, **state_args)
             if improved:
                 save_checkpoint(state, out_dir / "best.pt")
-            # last.pt last: a run killed between the two files resumes from the previous
-            # epoch, whose best.pt is at most this one (equal weights, so harmless).
+            # last.pt last: a run killed before it resumes from the previous epoch and
+            # redoes this one (rewriting metrics.jsonl and best.pt from its history).
             save_checkpoint(state, out_dir / "last.pt")
-            # Rewritten whole from the history, so a resumed run never repeats an epoch's line.
-            write_text(metrics_path, "".join(json.dumps(h, allow_nan=False) + "\n" for h in history))
             plot_curves(history, out_dir / "curves.png")
         if ddp.world > 1:
             dist.barrier()

@@ -506,7 +506,7 @@ def test_sigterm_leaves_a_resumable_run(running_training, tiny_cache):
     assert err.strip().splitlines()[-1] == (
         f"stopped by SIGTERM; the last finished epoch is kept in {out_dir}/last.pt; continue with "
         f"--resume --out-dir {out_dir} (and the same other flags)")
-    done = len((out_dir / "metrics.jsonl").read_text().splitlines())
+    done = torch.load(out_dir / "last.pt", weights_only=True)["epoch"]
     assert not list(out_dir.glob("*.tmp")) and not list(out_dir.glob(".*.tmp"))
     resumed = train.main(train.get_args_parser().parse_args(
         [*argv[:-1], str(done + 1), "--resume"]))
