@@ -29,7 +29,7 @@ demo: setup
 	$(PY) -m pipeline.synthetic $(DATA) --clips-per-genre 24 --seconds 30 --seed 0
 	$(PY) build_cache.py --data $(DATA) --out $(CACHE) --augment 1
 	$(PY) -m cache.inspect $(CACHE)
-	$(PY) train.py --cache $(CACHE) --epochs 20 --out-dir $(RUN)
+	$(PY) train.py --cache $(CACHE) --epochs 20 --out-dir $(RUN) --overwrite
 
 test: setup setup-dist
 	$(PY) -m pytest -q

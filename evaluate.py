@@ -8,11 +8,15 @@ segment as in training (train.py's datasets, segment and clip scoring); its clip
 probabilities are then averaged over the members. The result has the schema of a run's
 results.json (valid/test accuracy, per-class accuracy, confusion matrices), plus each
 member's own accuracy. With one checkpoint this is ``train.py --eval-only``.
+
+Checkpoints are read without unpickling anything but tensors and plain values; the
+cache is locked (shared) while it is read, so a build cannot replace it meanwhile;
+``--out`` is checked before any work and written atomically.
 """
 from __future__ import annotations
 
 import argparse
-import sys
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +26,16 @@ from sklearn.metrics import accuracy_score
 
 import train
 from cache.dataset import SegmentDataset
+from common.atomic import write_json
+from common.cli import run
+from common.errors import UserError
 from models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from report import check_output_file, plot_confusion
 
 SPLITS = ("valid", "test")
 
 
-class EvaluateError(ValueError):
+class EvaluateError(UserError):
     """Checkpoints or a cache that cannot be evaluated together; the message says why."""
 
 
@@ -39,7 +47,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", action="append", required=True,
                    help="checkpoint written by train.py; give it several times for an ensemble")
     p.add_argument("--out", default=None,
-                   help="write the results as JSON here, and the confusion matrices beside it")
+                   help="write the results as JSON here, and the confusion matrices beside it "
+                        "(an existing file is replaced)")
     p.add_argument("--batch-size", type=int, default=64, help=f"segments per forward pass {fmt}")
     p.add_argument("--workers", type=int, default=0, help=f"DataLoader worker processes {fmt}")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
@@ -90,9 +99,10 @@ def load_member(path: Path, ckpt: dict, cache_path, *, device) -> Member:
     """
     try:
         _, evals = train.checkpoint_eval_datasets(ckpt, path, cache_path)
-    except train.TrainError as exc:
+        model = model_from_checkpoint(ckpt, device=device, path=path)
+    except UserError as exc:
         raise EvaluateError(f"checkpoint {path}: {exc}") from exc
-    return Member(path=path, ckpt=ckpt, model=model_from_checkpoint(ckpt, device=device), evals=evals)
+    return Member(path=path, ckpt=ckpt, model=model, evals=evals)
 
 
 def check_same_clips(members: list[Member]) -> None:
@@ -180,13 +190,13 @@ def evaluate_ensemble(members: list[Member], *, batch_size: int = 64, workers: i
 
 def write_outputs(summary: dict, out: Path) -> list[Path]:
     """results JSON at ``out``, confusion matrices ``<stem>_confusion_{valid,test}.png`` beside it."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    train.write_json(out, summary)
+    check_output_file(out, flag="--out", error=EvaluateError)
+    write_json(out, summary)
     written = [out]
     for split in SPLITS:
         png = out.with_name(f"{out.stem}_confusion_{split}.png")
-        train.plot_confusion(summary[split]["confusion_matrix"], summary["labels"], png,
-                             f"{split} (clip level), ensemble of {len(summary['checkpoints'])}")
+        plot_confusion(summary[split]["confusion_matrix"], summary["labels"], png,
+                       f"{split} (clip level), ensemble of {len(summary['checkpoints'])}")
         written.append(png)
     return written
 
@@ -208,16 +218,20 @@ def main(args) -> dict:
         raise EvaluateError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.workers < 0:
         raise EvaluateError(f"--workers {args.workers}: must be 0 or more")
+    if args.out is not None:
+        check_output_file(args.out, flag="--out", error=EvaluateError)  # before any work
     try:
         device = train.resolve_device(args.device, train.Dist())
     except train.TrainError as exc:
         raise EvaluateError(str(exc)) from exc
-    members = [load_member(path, ckpt, args.cache, device=device)
-               for path, ckpt in read_checkpoints(args.checkpoint)]
-    amp = train.amp_enabled(device, args.amp)
-    summary = {**evaluate_ensemble(members, batch_size=args.batch_size, workers=args.workers,
-                                   device=device, amp=amp, progress=not args.no_progress),
-               "cache": str(args.cache)}
+    loaded = read_checkpoints(args.checkpoint)
+    with ExitStack() as held:
+        held.enter_context(train.cache_read_lock(args.cache))
+        members = [load_member(path, ckpt, args.cache, device=device) for path, ckpt in loaded]
+        amp = train.amp_enabled(device, args.amp)
+        summary = {**evaluate_ensemble(members, batch_size=args.batch_size, workers=args.workers,
+                                       device=device, amp=amp, progress=not args.no_progress),
+                   "cache": str(args.cache)}
     print_summary(summary)
     if args.out is not None:
         for path in write_outputs(summary, Path(args.out)):
@@ -226,7 +240,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except EvaluateError as exc:
-        sys.exit(f"error: {exc}")
+    run(main, get_args_parser(), interrupted="nothing was written; run the same command again")

@@ -10,6 +10,8 @@ statistics and cut into the evaluation segments training used. The segment
 probabilities are averaged per file, then over the checkpoints of an ensemble.
 Folders are walked for audio files. A file that cannot be classified gets an error
 line and the others are still classified; the exit status is 1 if any failed.
+Checkpoints are read without unpickling anything but tensors and plain values, so a
+``.pt`` file from elsewhere cannot run code here.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ import torch
 
 from cache.build import ClipTask, process_clip
 from cache.dataset import eval_hop_frames, segment_starts
+from common.cli import run
+from common.errors import UserError
 from models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from pipeline.audio import AudioLoadError
 from pipeline.features import Feature, build_feature
@@ -35,11 +39,11 @@ CACHE_ONLY_SETTINGS = ("kind", "frames_per_second", "shape")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-class PredictError(ValueError):
+class PredictError(UserError):
     """Unusable checkpoints or arguments: nothing can be classified."""
 
 
-class ClipError(ValueError):
+class ClipError(UserError):
     """One file cannot be classified (too short, ...); the others still are."""
 
 
@@ -94,7 +98,7 @@ def feature_from_checkpoint(ckpt: dict, path) -> Feature:
     settings = {k: v for k, v in stored.items() if k not in CACHE_ONLY_SETTINGS}
     try:
         feature = build_feature(ckpt["feature"], **settings)
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise PredictError(f"checkpoint {path}: cannot rebuild its feature {ckpt['feature']!r} "
                            f"from the stored settings {settings}: {exc}") from exc
     # The stored description must match what the rebuilt feature computes.
@@ -109,7 +113,8 @@ def feature_from_checkpoint(ckpt: dict, path) -> Feature:
 
 def checkpoint_hop_frames(ckpt: dict, frames_per_second: float) -> int:
     """The hop between segments that training evaluated with."""
-    hop = eval_hop_frames((ckpt.get("args") or {}).get("eval_hop_seconds"), frames_per_second)
+    saved = ckpt.get("args")
+    hop = eval_hop_frames((saved if isinstance(saved, dict) else {}).get("eval_hop_seconds"), frames_per_second)
     return ckpt["segment_frames"] if hop is None else hop
 
 
@@ -121,12 +126,16 @@ def load_member(path, *, device="cpu") -> Member:
     except CheckpointError as exc:
         raise PredictError(str(exc)) from exc
     feature = feature_from_checkpoint(ckpt, path)
-    sample_rate = int(ckpt.get("sample_rate", feature.sr))
+    sample_rate = ckpt.get("sample_rate", feature.sr)
     if sample_rate != feature.sr:
-        raise PredictError(f"checkpoint {path}: audio was decoded at {sample_rate} Hz but its "
+        raise PredictError(f"checkpoint {path}: audio was decoded at {sample_rate!r} Hz but its "
                            f"feature expects {feature.sr} Hz (corrupt checkpoint); retrain it")
     norm = ckpt["normalization"]
-    return Member(path=path, model=model_from_checkpoint(ckpt, device=device),
+    try:
+        model = model_from_checkpoint(ckpt, device=device, path=path)
+    except CheckpointError as exc:
+        raise PredictError(str(exc)) from exc
+    return Member(path=path, model=model,
                   feature=feature, sample_rate=sample_rate,
                   labels=tuple(ckpt["labels"]),
                   mean=np.asarray(norm["mean"], dtype=np.float32),
@@ -388,8 +397,4 @@ def exit_status(output: dict) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        result = main(get_args_parser().parse_args())
-    except PredictError as exc:
-        sys.exit(f"error: {exc}")
-    sys.exit(exit_status(result))
+    sys.exit(exit_status(run(main, get_args_parser(), interrupted="run the same command again")))

@@ -2,8 +2,8 @@
 
     python report.py runs/mel_cnn1d runs/mel_resnet runs/mfcc_crnn --out report.md
 
-Reads each run's args.json, metrics.jsonl and results.json (and its best.pt, for the
-cache it was trained on and its parameter count) and writes a report with a table of
+Reads each run's args.json, metrics.jsonl, results.json and run.json (what the run is:
+model, feature, labels, cache; "?" for runs older than run.json) and writes a report with a table of
 the runs sorted by valid accuracy, the run chosen by valid accuracy (never by test:
 test accuracy is shown, not used), the learning curves of every run in one figure, and
 the chosen run's confusion matrix and per-class accuracy. Figures are PNG files beside
@@ -15,6 +15,10 @@ recipe, and the recipe with the best mean valid accuracy is chosen: on small set
 run's lead of a few clips is noise. Runs scored on different clips or label sets are
 not comparable: they are ranked in separate tables under a warning. Caches that differ
 only in features or augmentation score the same clips, so their runs are compared.
+
+Only JSON is read: never a checkpoint (unpickling a ``.pt`` file from elsewhere could
+run code) and never torch, which this module does not import. ``--out`` is checked
+before any run is read, and the report and its figures are written atomically.
 """
 from __future__ import annotations
 
@@ -22,16 +26,81 @@ import argparse
 import json
 import re
 import statistics
-import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from common.atomic import STORAGE_ERRNOS, StorageError, atomic_path, write_text
+from common.cli import run
+from common.errors import UserError
+
 RUN_FILES = ("args.json", "metrics.jsonl", "results.json")
-CHECKPOINTS = ("best.pt", "last.pt")  # either records the cache and the model
+RUN_DESCRIPTION = "run.json"  # written by train.py; older runs lack it
 
 
-class ReportError(ValueError):
+class ReportError(UserError):
     """A run folder that cannot be reported; the message names it and says what to do."""
+
+
+# -- outputs (also train.py's and evaluate.py's, which import them: they need no torch) ---------
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing one of ``path`` and its parents, if it is not a folder."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    return existing if existing is not None and not existing.is_dir() else None
+
+
+def check_output_folder(folder, *, flag: str, error=UserError, named=None) -> Path:
+    """Make ``folder`` (if needed) and check that files can be written in it, before any work.
+
+    Raises ``error`` (a :class:`UserError` class) naming ``flag`` and ``named`` (the
+    path the user gave; default ``folder``) when ``folder`` is a file or lies under
+    one, and :class:`~common.atomic.StorageError` when it cannot be made or written
+    (read-only, no permission, full).
+    """
+    folder = Path(folder)
+    named = folder if named is None else Path(named)
+    blocker = _file_in_the_way(folder)
+    if blocker is not None:
+        where = "is a file" if blocker == named else f"lies under {blocker}, which is a file"
+        raise error(f"{flag} {named} {where}; give a {'folder (it is made if missing)' if named == folder else 'path in a folder'}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        why = STORAGE_ERRNOS.get(exc.errno, exc.strerror or str(exc))
+        raise StorageError(f"{flag} {named}: cannot write in {folder} ({why}); give a folder you can "
+                           f"write to") from None
+    return folder
+
+
+def check_output_file(path, *, flag: str, error=UserError) -> Path:
+    """Check, before any work, that the file ``path`` can be written (its folder is made
+    if missing); a folder at ``path``, or a file above it, is refused."""
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{flag} {path} is a folder; give a file name, e.g. {path / 'report.md'}")
+    check_output_folder(path.parent, flag=flag, error=error, named=path)
+    return path
+
+
+def plot_confusion(matrix, labels, path: Path, title: str) -> None:
+    """The confusion matrix ``(n_classes, n_classes)`` of clip predictions as a PNG at ``path``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, ax = plt.subplots(figsize=(6 + 0.3 * len(labels), 5 + 0.3 * len(labels)))
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=labels).plot(ax=ax, colorbar=False,
+                                                                           xticks_rotation=45)
+    ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -47,8 +116,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 class Run:
     """What a finished run left in its folder.
 
-    ``meta`` holds the checkpoint's description (model, model_config, feature, labels,
-    cache_fingerprint), without weights; None when the folder has no checkpoint.
+    ``meta`` holds the run's description from its run.json (model, model_config,
+    feature, feature_settings, labels, cache_fingerprint, ...); None for runs older
+    than run.json.
     """
     path: Path
     name: str
@@ -90,12 +160,17 @@ class Run:
         return re.sub(r"_s\d+$", "", self.name)
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"it holds {name}, which is not a number")
+
+
 def _read_json(path: Path):
     try:
-        return json.loads(path.read_text())
+        # NaN and Infinity are not JSON: a file holding them comes from a run that diverged.
+        return json.loads(path.read_text(), parse_constant=_refuse_constant)
     except (OSError, ValueError) as exc:
         raise ReportError(f"cannot read {path}: {exc}; re-run the evaluation "
-                          f"(train.py --eval-only --out-dir {path.parent}) or leave the run out") from exc
+                          f"(train.py --eval-only --out-dir {path.parent}) or leave the run out") from None
 
 
 def _read_history(path: Path) -> list[dict]:
@@ -104,24 +179,22 @@ def _read_history(path: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            history.append(json.loads(line))
+            history.append(json.loads(line, parse_constant=_refuse_constant))
         except ValueError as exc:
             raise ReportError(f"{path}, line {number} is not JSON ({exc}); the run's log is damaged") from exc
     return history
 
 
 def _read_meta(folder: Path) -> dict | None:
-    from models.checkpoint import CheckpointError, load_checkpoint
-
-    for name in CHECKPOINTS:
-        if (folder / name).is_file():
-            try:
-                ckpt = load_checkpoint(folder / name)
-            except CheckpointError as exc:
-                raise ReportError(f"run {folder}: {exc}") from exc
-            return {key: ckpt.get(key) for key in ("model", "model_config", "feature", "labels",
-                                                   "cache_fingerprint", "feature_settings")}
-    return None
+    """The run's run.json, or None for a run older than it (its columns then show "?")."""
+    path = folder / RUN_DESCRIPTION
+    if not path.is_file():
+        return None
+    meta = _read_json(path)
+    if not isinstance(meta, dict):
+        raise ReportError(f"{path} is not a JSON object; the run folder is damaged (re-run the training "
+                          f"or leave the run out)")
+    return meta
 
 
 def read_run(folder, *, name: str | None = None) -> Run:
@@ -340,14 +413,12 @@ def plot_learning_curves(runs: list[Run], path: Path, chosen: list[Run]) -> None
 
 def _group_title(group: list[Run]) -> str:
     fingerprint = group[0].data_fingerprint
-    data = f"data {fingerprint[:12]}" if fingerprint else "unknown data (no checkpoint in the run folder)"
+    data = f"data {fingerprint[:12]}" if fingerprint else "unknown data (the run records no cache)"
     return f"{data}, labels: {', '.join(group[0].labels)}"
 
 
 def chosen_section(run: Run, confusion_png: Path) -> list[str]:
     """The chosen run: its accuracies, test confusion matrix figure and per-class accuracy."""
-    from train import plot_confusion
-
     plot_confusion(run.results["test"]["confusion_matrix"], list(run.labels), confusion_png,
                    f"{run.name}: test (clip level)")
     return [f"Chosen by valid accuracy: **{run.name}** (`{run.path}`), valid {run.valid_acc:.4f}, "
@@ -368,8 +439,7 @@ def write_report(runs: list[Run], out) -> dict:
         group) and ``runs`` (rows of
         :func:`describe`, sorted by valid accuracy within each group).
     """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_output_file(out, flag="--out", error=ReportError)
     groups = comparison_groups(runs)
     chosen = [choose(group) for group in groups]
     rows = {id(run): describe(run) for run in runs}
@@ -409,7 +479,7 @@ def write_report(runs: list[Run], out) -> dict:
         lines += chosen_section(best, confusion_png)
         figures.append(confusion_png)
     lines += ["## Learning curves", "", f"![learning curves of every run]({curves_png.name})", ""]
-    out.write_text("\n".join(lines))
+    write_text(out, "\n".join(lines))
     return {"report": out, "figures": figures,
             "chosen": [None if c is None else c.name for c in chosen],
             "chosen_recipes": chosen_recipes,
@@ -419,6 +489,10 @@ def write_report(runs: list[Run], out) -> dict:
 
 def main(args) -> dict:
     """Read ``args.runs`` and write the report to ``args.out``; returns :func:`write_report`'s dict."""
+    out = check_output_file(args.out, flag="--out", error=ReportError)  # before reading the runs
+    if out.name in (*RUN_FILES, RUN_DESCRIPTION) and out.resolve().parent in {Path(r).resolve() for r in args.runs}:
+        raise ReportError(f"--out {out} is a file of the run in {out.parent}; give another file name, "
+                          f"e.g. {out.with_name('report.md')}")
     runs = read_runs(args.runs)
     summary = write_report(runs, args.out)
     for name in summary["chosen"]:
@@ -432,7 +506,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except ReportError as exc:
-        sys.exit(f"error: {exc}")
+    run(main, get_args_parser(), interrupted="the report was not written; run the same command again")

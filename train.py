@@ -4,9 +4,16 @@
 
 Trains on random segments (``--segment-seconds``) streamed from the memory-mapped
 cache, evaluates every segment of every valid/test clip and averages the segment
-probabilities per clip. Writes best.pt/last.pt, args.json, metrics.jsonl,
+probabilities per clip. Writes best.pt/last.pt, args.json, run.json, metrics.jsonl,
 results.json and plots to ``--out-dir``. Runs on the GPU when there is one, and under
 ``torchrun`` with DistributedDataParallel.
+
+A run folder belongs to one run: a new run is refused where another one left its
+outputs (continue it with ``--resume``, or replace it with ``--overwrite``), and the
+folder is locked while a job uses it. The cache is locked (shared) while it is read,
+so a build cannot replace it under a training. Every epoch ends with an atomic
+last.pt, so a killed run continues with ``--resume``; a loss that stops being finite
+stops the run there.
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import math
 import os
 import sys
 import time
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +37,13 @@ from tqdm import tqdm
 
 from cache.dataset import SegmentDataset, batch_loader, compute_normalization, eval_hop_frames
 from cache.reader import CacheError, FeatureCache
+from common.atomic import atomic_path, write_json, write_text
+from common.cli import run
+from common.errors import UserError
+from common.locks import FileLock
 from models import MODELS, build_model, count_parameters, model_input_kind, parse_model_settings
-from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from report import check_output_folder, plot_confusion
 
 DEFAULT_CACHE = "cache.h5"
 DEFAULT_OUT_DIR = "runs/latest"
@@ -46,8 +59,48 @@ OPTIMIZERS = {
 }
 
 
-class TrainError(ValueError):
+# What a run leaves in its --out-dir. A new run there first removes these, so that
+# nothing of an older run mixes with it.
+RUN_OUTPUTS = ("best.pt", "last.pt", "args.json", "run.json", "metrics.jsonl", "results.json",
+               "curves.png", "confusion_test.png", "confusion_valid.png")
+# The outputs worth keeping: a folder without them holds at most the start of a run
+# that never finished an epoch, which a new run may replace without asking.
+RUN_RESULTS = ("last.pt", "best.pt", "metrics.jsonl", "results.json")
+# Flags that define what a run trains: resuming with other values would continue
+# another run than the one in the folder. (--epochs may change: it trains longer.)
+RUN_DEFINING = ("model", "feature", "model_set", "dropout", "segment_seconds", "crops_per_clip",
+                "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "l1", "mixup",
+                "mask_bins", "mask_frames", "schedule", "warmup_epochs", "lr_patience", "lr_factor",
+                "min_lr", "eval_hop_seconds", "merge_train_valid", "seed")
+# Float flags: (test, what the value must be). Non-finite values are refused for all.
+FLOAT_FLAGS = {
+    "lr": (lambda v: v > 0, "> 0"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, ">= 0 (0 turns it off)"),
+    "l1": (lambda v: v >= 0, ">= 0 (0 turns it off)"),
+    "mixup": (lambda v: v >= 0, "0 (off) or a positive Beta parameter such as 0.2"),
+    "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "lr_factor": (lambda v: 0 < v < 1, "between 0 and 1"),
+    "min_lr": (lambda v: v >= 0, ">= 0"),
+    "segment_seconds": (lambda v: v > 0, "> 0"),
+    "eval_hop_seconds": (lambda v: v > 0, "> 0"),
+}
+# Int flags: (lowest, highest or None, what the value means at the lowest).
+INT_FLAGS = {
+    "epochs": (1, None, ""), "batch_size": (1, None, ""), "crops_per_clip": (1, None, ""),
+    "warmup_epochs": (0, None, " (0: no warm-up)"), "lr_patience": (0, None, ""),
+    "seed": (0, 2 ** 32 - 1, ""),  # numpy's global seed takes 32 bits
+    "workers": (0, None, " (0: load in the main process)"),
+    "mask_bins": (0, None, " (0: off)"), "mask_frames": (0, None, " (0: off)"),
+}
+
+
+class TrainError(UserError):
     """Bad input to training: reported as a message, not a traceback."""
+
+
+class Diverged(TrainError):
+    """The training loss or the valid predictions stopped being finite."""
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -110,11 +163,21 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="DataLoader worker processes (default: 0 on the CPU, where shipping batches "
                         "between processes costs more than the memory-mapped crops; 4 on a GPU)")
     p.add_argument("--out-dir", default=None,
-                   help=f"where checkpoints, logs and plots go (default: {DEFAULT_OUT_DIR}; with --eval-only, "
-                        f"the checkpoint's folder)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last.pt")
+                   help=f"the run folder, where checkpoints, logs and plots go (default: {DEFAULT_OUT_DIR}; "
+                        f"with --eval-only, the checkpoint's folder). A folder that holds another run is "
+                        f"refused: continue that run with --resume, or replace it with --overwrite")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out-dir from its last.pt; give the flags it was trained with "
+                        "(--epochs may be raised)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --out-dir that holds one: its outputs (checkpoints, logs, "
+                        "results, plots) are deleted first")
     p.add_argument("--eval-only", action="store_true",
-                   help="evaluate --checkpoint (default: OUT_DIR/best.pt) on valid and test, no training")
+                   help="evaluate --checkpoint (default: OUT_DIR/best.pt) on valid and test, no training. "
+                        "Results go to --out-dir (default: the checkpoint's folder, whose results.json they "
+                        "replace). Results on another cache than the checkpoint was trained on never go into "
+                        "the checkpoint's folder: give them an --out-dir of their own; one that already "
+                        "holds results needs --overwrite")
     p.add_argument("--checkpoint", default=None, help="checkpoint for --eval-only (default: OUT_DIR/best.pt)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
@@ -179,29 +242,51 @@ def default_workers(device: torch.device) -> int:
     return min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
 
 
+def flag(name: str) -> str:
+    """The command-line spelling of argument ``name``.
+
+    >>> flag("segment_seconds")
+    '--segment-seconds'
+    """
+    return "--" + name.replace("_", "-")
+
+
 def check_args(args) -> None:
+    """Refuse, before any work, every flag value (or combination) training cannot use.
+
+    The one place where flags are checked: names, every number's type, finiteness and
+    range, and flags that contradict each other.
+    """
     if args.model not in MODELS:
         raise TrainError(f"unknown model {args.model!r}; choose one of: {', '.join(MODELS)}")
     if args.optimizer not in OPTIMIZERS:
         raise TrainError(f"unknown optimizer {args.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-    for name in ("epochs", "batch_size", "crops_per_clip"):
-        if getattr(args, name) < 1:
-            raise TrainError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
-    if args.lr <= 0:
-        raise TrainError(f"--lr {args.lr}: must be positive")
-    if args.segment_seconds <= 0:
-        raise TrainError(f"--segment-seconds {args.segment_seconds}: must be positive")
-    if not 0 < args.lr_factor < 1:
-        raise TrainError(f"--lr-factor {args.lr_factor}: must be between 0 and 1")
-    for name in ("mask_bins", "mask_frames"):
-        if (getattr(args, name) or 0) < 0:
-            raise TrainError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be 0 (off) or more")
-    if args.mixup < 0:
-        raise TrainError(f"--mixup {args.mixup}: must be 0 (off) or a positive Beta parameter such as 0.2")
     if args.schedule not in SCHEDULES:
         raise TrainError(f"unknown --schedule {args.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
-    if args.warmup_epochs < 0:
-        raise TrainError(f"--warmup-epochs {args.warmup_epochs}: must be 0 (no warm-up) or more")
+    for name, (test, wanted) in FLOAT_FLAGS.items():
+        value = getattr(args, name)
+        if value is None and name in ("dropout", "eval_hop_seconds"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not test(value):
+            raise TrainError(f"{flag(name)} {value}: must be a finite number {wanted}")
+    for name, (low, high, note) in INT_FLAGS.items():
+        value = getattr(args, name)
+        if value is None and name in ("workers", "mask_bins", "mask_frames"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or \
+                (high is not None and value > high):
+            limits = f"between {low} and {high}" if high is not None else f"at least {low}{note}"
+            raise TrainError(f"{flag(name)} {value}: must be an integer {limits}")
+    if args.schedule == "plateau" and args.lr < args.min_lr:
+        raise TrainError(f"--lr {args.lr} is below --min-lr {args.min_lr}: the plateau schedule would stop "
+                         f"before the first epoch; raise --lr or lower --min-lr")
+    for a, b in (("resume", "overwrite"), ("resume", "eval_only")):
+        if getattr(args, a) and getattr(args, b):
+            raise TrainError(f"{flag(a)} and {flag(b)} contradict each other; give one of them")
+    if args.checkpoint is not None and not args.eval_only:
+        raise TrainError(f"--checkpoint {args.checkpoint} is read by --eval-only only; add --eval-only to "
+                         f"evaluate it (--resume continues from OUT_DIR/last.pt)")
 
 
 def resolve_masks(args, kind: str) -> None:
@@ -244,6 +329,129 @@ def open_cache(path, feature: str, *, expect_labels=None) -> FeatureCache:
     except CacheError as exc:
         raise TrainError(str(exc)) from exc
     return cache
+
+
+def cache_read_lock(path):
+    """A shared lock on the cache at ``path``, to hold for as long as it is read.
+
+    A build takes the exclusive lock on the same file to write or replace it, so it
+    waits for (is refused by) trainings and evaluations that read it, and they by it.
+    A missing cache gets no lock (opening it says what to do), and neither does one in
+    a folder where the lock file cannot be made: no build of this user can replace a
+    file there either.
+    """
+    if not Path(path).is_file():
+        return nullcontext()
+    lock = FileLock(path, shared=True, what="cache", hint="a build is writing or replacing it")
+    try:
+        return lock.acquire()
+    except OSError:
+        return nullcontext()
+
+
+def on_main(ddp: Dist, work):
+    """``work()`` on rank 0 only; every rank returns its result, or raises its error.
+
+    Under torchrun, a rank left waiting for a result that rank 0 never sends would hang
+    the job: the error travels with the result (as a message) and every rank raises it.
+    """
+    result = error = None
+    if ddp.main:
+        try:
+            result = work()
+        except UserError as exc:
+            error = exc
+    if ddp.world > 1:
+        box = [result, None if error is None else str(error)]
+        dist.broadcast_object_list(box, src=0)
+        result, message = box
+        if message is not None and error is None:
+            error = TrainError(message)
+    if error is not None:
+        raise error
+    return result
+
+
+# -- the run folder ------------------------------------------------------------------------
+def present_outputs(out_dir: Path, names=RUN_OUTPUTS) -> list[str]:
+    """Which of ``names`` are in ``out_dir``."""
+    return [name for name in names if (out_dir / name).exists()]
+
+
+def describe_run(out_dir: Path) -> str:
+    """A few words on the run in ``out_dir`` from its JSON files (never its checkpoints)."""
+    try:
+        saved = json.loads((out_dir / "args.json").read_text())
+        what = f"{saved['model']} on {saved['feature']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        what = "a run"
+    try:
+        epochs = sum(1 for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip())
+    except OSError:
+        epochs = 0
+    state = "finished" if (out_dir / "results.json").exists() else f"{epochs} epoch(s) done"
+    return f"{what}, {state}"
+
+
+def refuse_existing_run(out_dir: Path, *, overwrite: bool) -> None:
+    """Refuse a new run in a folder that holds a run's results, unless ``overwrite``."""
+    found = present_outputs(out_dir, RUN_RESULTS)
+    if found and not overwrite:
+        resume = " continue it with --resume (and the flags it was trained with)," if "last.pt" in found else ""
+        raise TrainError(f"--out-dir {out_dir} already holds a run ({describe_run(out_dir)}: "
+                         f"{', '.join(found)});{resume} replace it with --overwrite (deletes its outputs "
+                         f"first), or give another --out-dir")
+
+
+def clear_outputs(out_dir: Path, names=RUN_OUTPUTS) -> None:
+    """Delete ``names`` from ``out_dir``, and temporary files a killed writer left of them."""
+    for name in names:
+        (out_dir / name).unlink(missing_ok=True)
+    remove_temporaries(out_dir, names)
+
+
+def remove_temporaries(out_dir: Path, names=RUN_OUTPUTS) -> None:
+    """Delete the temporary files of ``names`` that a killed writer (kill -9) left behind.
+
+    Only while holding the folder's lock: nobody else is writing them then.
+    """
+    for name in names:
+        for tmp in out_dir.glob(f".{name}.*.tmp"):  # common.atomic's temporary files
+            tmp.unlink(missing_ok=True)
+
+
+def lock_run_folder(out_dir: Path) -> FileLock:
+    """The exclusive lock of the run folder ``out_dir`` (which exists), taken."""
+    return FileLock(out_dir, what="run folder", hint="or give another --out-dir").acquire()
+
+
+@contextmanager
+def claim_run_folder(out_dir: Path, *, resume: bool, overwrite: bool):
+    """Hold ``out_dir`` for one training: usable, locked, and holding no other run.
+
+    Checked before any work: a folder that is a file, lies under a file or cannot be
+    written; with ``resume``, a folder without last.pt; without, a folder that holds a
+    run (unless ``overwrite``, whose deletion waits until the new run is ready to write).
+    """
+    if resume and not (out_dir / "last.pt").is_file():
+        started = " (the run there stopped before its first epoch finished)" if (out_dir / "args.json").exists() else ""
+        raise TrainError(f"--resume: checkpoint {out_dir / 'last.pt'} does not exist, so there is no run to "
+                         f"resume in {out_dir}{started}; start the run without --resume")
+    check_output_folder(out_dir, flag="--out-dir", error=TrainError)
+    with lock_run_folder(out_dir):
+        if not resume:
+            refuse_existing_run(out_dir, overwrite=overwrite)
+        remove_temporaries(out_dir)
+        yield
+
+
+def start_run_outputs(out_dir: Path, *, args, description: dict, fresh: bool) -> None:
+    """Write args.json and run.json; a fresh run first removes what an older one left."""
+    if fresh:
+        clear_outputs(out_dir)
+    write_json(out_dir / "args.json", vars(args))
+    # What report.py needs to know of the run, readable without unpickling a checkpoint.
+    write_json(out_dir / "run.json", description)
 
 
 def segment_frames_for(cache: FeatureCache, feature: str, seconds: float) -> int:
@@ -352,18 +560,36 @@ def mask_batch(x: torch.Tensor, *, max_bins: int, max_frames: int) -> torch.Tens
     return x
 
 
+def any_rank(flag: bool, ddp: Dist) -> bool:
+    """True if ``flag`` is true on any rank (every rank must call it)."""
+    if ddp.world == 1:
+        return flag
+    t = torch.tensor([float(flag)])
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
 def train_one_epoch(model, loader, optimizer, *, device, amp: bool, l1: float, scaler,
                     progress: bool, desc: str, mixup: float = 0.0,
-                    mask: tuple[int, int] = (0, 0)) -> dict:
+                    mask: tuple[int, int] = (0, 0), epoch: int = 0, ddp: Dist = Dist()) -> dict:
     """One pass over the training segments; returns mean loss, accuracy and throughput.
 
     With ``mixup`` > 0 segments are mixed (:func:`mix_batch`) and the accuracy counts
     the label with the larger share.
+
+    Raises
+    ------
+    Diverged
+        A batch's loss is not finite (on any rank): raised before that batch's step,
+        naming ``epoch``, the batch and the learning rate.
     """
     model.train()
     total_loss = total_correct = total = 0
     start = time.perf_counter()
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
+    batches = tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch")
+    for batch, (x, y) in enumerate(batches, start=1):
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         if any(mask):
@@ -380,11 +606,17 @@ def train_one_epoch(model, loader, optimizer, *, device, amp: bool, l1: float, s
                 loss = F.cross_entropy(logits.float(), y)
         if l1:
             loss = loss + l1 * l1_penalty(model)
+        value = loss.item()
+        # Before the step: the weights stay those of the last finite batch.
+        if any_rank(not math.isfinite(value), ddp):
+            shown = value if not math.isfinite(value) else "not finite on another process"
+            raise Diverged(f"training diverged: the loss is {shown} at epoch {epoch}, batch {batch} "
+                           f"(lr {optimizer.param_groups[0]['lr']:.3g})")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        total_loss += loss.item() * len(y)
+        total_loss += value * len(y)
         total_correct += (logits.argmax(1) == y).sum().item()
         total += len(y)
     seconds = time.perf_counter() - start
@@ -442,9 +674,18 @@ def clip_scores(probs: np.ndarray, clip_ids: np.ndarray, dataset: SegmentDataset
 
 
 def evaluate(model, dataset, *, args, device, amp, ddp, n_classes, desc="eval") -> dict:
+    """:func:`clip_scores` of ``model`` on every segment of ``dataset``.
+
+    Raises
+    ------
+    Diverged
+        The model's probabilities are not finite (its weights hold NaN or inf).
+    """
     probs, clip_ids = gather_segments(model, dataset, batch_size=args.batch_size, workers=args.workers,
                                       device=device, amp=amp, ddp=ddp,
                                       progress=ddp.main and not args.no_progress, desc=desc)
+    if not np.isfinite(probs).all():
+        raise Diverged(f"the model's predictions on {desc} are not finite (its weights hold NaN or inf)")
     return clip_scores(probs, clip_ids, dataset, n_classes)
 
 
@@ -471,17 +712,8 @@ def final_report(scores: dict, dataset: SegmentDataset, labels) -> dict:
 
 
 # -- outputs -------------------------------------------------------------------------------
-def write_text(path: Path, text: str) -> None:
-    """Replace ``path`` atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, value) -> None:
-    write_text(path, json.dumps(value, indent=2) + "\n")
-
-
+# Every output is written through common.atomic (write_json refuses NaN); the figures
+# of results (plot_confusion) are report.py's, which needs them without torch.
 def plot_curves(history: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -500,22 +732,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_confusion(matrix, labels, path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    fig, ax = plt.subplots(figsize=(6 + 0.3 * len(labels), 5 + 0.3 * len(labels)))
-    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=labels).plot(ax=ax, colorbar=False,
-                                                                           xticks_rotation=45)
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 
@@ -542,11 +760,12 @@ def build_train_dataset(args, cache: FeatureCache, segment_frames: int, mean, st
         raise TrainError(str(exc)) from exc
 
 
-def checkpoint_eval_datasets(ckpt: dict, path, cache_path) -> tuple[FeatureCache, dict]:
-    """The cache and valid/test datasets to evaluate checkpoint ``ckpt`` (read from ``path``) on.
+def open_checkpoint_cache(ckpt: dict, path, cache_path) -> FeatureCache:
+    """The cache at ``cache_path``, refused unless checkpoint ``ckpt`` (read from ``path``) can use it.
 
-    The cache must hold the checkpoint's feature with the settings it was trained on and
-    the same labels; segments and hop are those training evaluated with.
+    It must hold the checkpoint's feature with the settings it was trained on and the
+    same labels. A cache other than the one it was trained on gets a warning: its
+    valid and test clips may have been in the checkpoint's training data.
     """
     cache = open_cache(cache_path, ckpt["feature"], expect_labels=ckpt["labels"])
     if cache.feature_settings(ckpt["feature"]) != ckpt["feature_settings"]:
@@ -555,25 +774,54 @@ def checkpoint_eval_datasets(ckpt: dict, path, cache_path) -> tuple[FeatureCache
     if ckpt.get("cache_fingerprint") != cache.fingerprint:
         print(f"warning: {path} was trained on another cache than {cache.path}; its valid and test "
               f"clips may have been in its training data", file=sys.stderr)
-    saved = argparse.Namespace(**ckpt["args"])
+    return cache
+
+
+def checkpoint_eval_datasets(ckpt: dict, path, cache) -> tuple[FeatureCache, dict]:
+    """The cache and valid/test datasets to evaluate checkpoint ``ckpt`` (read from ``path``) on.
+
+    ``cache`` is a path (checked with :func:`open_checkpoint_cache`) or a cache it
+    returned. Segments and hop are those training evaluated with.
+    """
+    if not isinstance(cache, FeatureCache):
+        cache = open_checkpoint_cache(ckpt, path, cache)
+    saved = argparse.Namespace(**{"feature": ckpt["feature"], "eval_hop_seconds": None, **ckpt_args(ckpt)})
     norm = ckpt["normalization"]
     mean, std = np.asarray(norm["mean"], dtype=np.float32), np.asarray(norm["std"], dtype=np.float32)
     return cache, build_eval_datasets(saved, cache, ckpt["segment_frames"], mean, std)
 
 
-def checkpoint_state(*, args, model, cache, segment_frames, mean, std, optimizer=None, scheduler=None,
-                     scaler=None, epoch=None, best=None, history=None) -> dict:
-    raw = unwrap(model)
-    state = {
+def ckpt_args(ckpt: dict) -> dict:
+    """The training arguments a checkpoint records ({} when it has none)."""
+    saved = ckpt.get("args")
+    return saved if isinstance(saved, dict) else {}
+
+
+def run_description(*, args, model, cache: FeatureCache, segment_frames: int) -> dict:
+    """What a run is, as plain values: its checkpoints' description and its run.json."""
+    return {
         "model": args.model,
-        "model_config": raw.config,
+        "model_config": unwrap(model).config,
         "feature": args.feature,
         "feature_settings": cache.feature_settings(args.feature),
         "labels": list(cache.labels),
         "sample_rate": cache.sample_rate,
+        "cache": str(cache.path),
         "cache_fingerprint": cache.fingerprint,
-        "normalization": {"mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist()},
+        "data_fingerprint": cache.data_fingerprint,
         "segment_frames": segment_frames,
+        "parameters": count_parameters(unwrap(model)),
+    }
+
+
+def checkpoint_state(*, args, model, cache, segment_frames, mean, std, optimizer=None, scheduler=None,
+                     scaler=None, epoch=None, best=None, history=None) -> dict:
+    """Everything a checkpoint holds, as tensors and plain values (``torch.load(weights_only=True)``)."""
+    raw = unwrap(model)
+    state = {
+        **run_description(args=args, model=model, cache=cache, segment_frames=segment_frames),
+        "normalization": {"mean": np.asarray(mean, dtype=np.float64).tolist(),
+                          "std": np.asarray(std, dtype=np.float64).tolist()},
         "args": vars(args),
         "state_dict": raw.state_dict(),
         "epoch": epoch,
@@ -607,7 +855,6 @@ def run_final_evaluation(model, evals, *, args, device, amp, ddp, labels, out_di
                "test_segment_acc": results["test"]["segment_acc"],
                "valid_trained_on": trained_on_valid, "labels": list(labels), **facts, **results}
     if ddp.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "results.json", summary)
         plot_confusion(results["test"]["confusion_matrix"], labels, out_dir / "confusion_test.png",
                        "test (clip level)")
@@ -630,27 +877,75 @@ def print_results(summary: dict, labels, trained_on_valid: bool) -> None:
         print(f"  {label:>{width}} " + " ".join(f"{v:3d}" for v in row))
 
 
+# -- evaluation only -----------------------------------------------------------------------
+EVAL_OUTPUTS = ("results.json", "confusion_test.png", "confusion_valid.png")
+
+
+def eval_out_dir(args, path: Path, ckpt: dict, cache: FeatureCache) -> Path:
+    """Where --eval-only writes: --out-dir, else the checkpoint's folder.
+
+    Results on another cache than the checkpoint's never go into the checkpoint's
+    folder: they would replace its run's results.json with numbers on other clips.
+    """
+    own = path.parent
+    out = Path(args.out_dir) if args.out_dir else own
+    if out.resolve() == own.resolve() and ckpt.get("cache_fingerprint") != cache.fingerprint:
+        given = "--out-dir names the checkpoint's folder" if args.out_dir else "no --out-dir is given"
+        raise TrainError(f"--eval-only: {path} was trained on another cache than {cache.path}, and "
+                         f"{given}: its results would replace {own / 'results.json'} with results on "
+                         f"another cache; give --out-dir a folder of their own")
+    return out
+
+
+@contextmanager
+def claim_eval_folder(out_dir: Path, *, own: bool, overwrite: bool):
+    """Hold ``out_dir`` for an evaluation: usable, locked, and holding no other results.
+
+    The checkpoint's ``own`` folder may be re-evaluated (on its own cache, see
+    :func:`eval_out_dir`); any other folder that holds results or a run needs
+    ``overwrite``, which clears them first.
+    """
+    check_output_folder(out_dir, flag="--out-dir", error=TrainError)
+    with lock_run_folder(out_dir):
+        if not own:
+            found = present_outputs(out_dir, RUN_RESULTS)
+            if found and not overwrite:
+                raise TrainError(f"--eval-only: --out-dir {out_dir} already holds results ({', '.join(found)}); "
+                                 f"replace them with --overwrite, or give another --out-dir")
+            if found:
+                clear_outputs(out_dir)
+        yield
+
+
 def eval_only(args, ddp: Dist, device: torch.device) -> dict:
+    """Evaluate ``--checkpoint`` on valid and test; returns the results (also in OUT/results.json).
+
+    The checkpoint is read without unpickling code, the cache under a shared lock and
+    the output folder under its lock; see :func:`eval_out_dir` for where results go.
+    """
     path = Path(args.checkpoint or Path(args.out_dir or DEFAULT_OUT_DIR) / "best.pt")
-    try:
-        ckpt = load_checkpoint(path)
-    except CheckpointError as exc:
-        raise TrainError(str(exc)) from exc
-    from models.checkpoint import model_from_checkpoint
+    ckpt = load_checkpoint(path)
+    cache_path = args.cache or ckpt_args(ckpt).get("cache")
+    if not cache_path:
+        raise TrainError(f"{path} does not record the cache it was trained on; give --cache")
+    with ExitStack() as held:
+        held.enter_context(cache_read_lock(cache_path))
+        cache = open_checkpoint_cache(ckpt, path, cache_path)
+        out_dir = eval_out_dir(args, path, ckpt, cache)
+        own = out_dir.resolve() == path.parent.resolve()
+        on_main(ddp, lambda: held.enter_context(claim_eval_folder(out_dir, own=own, overwrite=args.overwrite)))
+        _, evals = checkpoint_eval_datasets(ckpt, path, cache)
+        saved = argparse.Namespace(**{**ckpt_args(ckpt), "workers": args.workers, "no_progress": args.no_progress,
+                                      "batch_size": args.batch_size, "cache": str(cache_path)})
+        model = model_from_checkpoint(ckpt, device=device, path=path)
+        amp = amp_enabled(device, args.amp)
+        return run_final_evaluation(model, evals, args=saved, device=device, amp=amp, ddp=ddp,
+                                    labels=list(cache.labels), out_dir=out_dir,
+                                    trained_on_valid=bool(ckpt_args(ckpt).get("merge_train_valid")),
+                                    facts=run_facts(model, cache, ckpt.get("history") or []))
 
-    cache_path = args.cache or ckpt["args"]["cache"]
-    cache, evals = checkpoint_eval_datasets(ckpt, path, cache_path)
-    saved = argparse.Namespace(**{**ckpt["args"], "workers": args.workers, "no_progress": args.no_progress,
-                                  "batch_size": args.batch_size, "cache": cache_path})
-    model = model_from_checkpoint(ckpt, device=device)
-    amp = amp_enabled(device, args.amp)
-    out_dir = Path(args.out_dir) if args.out_dir else path.parent
-    return run_final_evaluation(model, evals, args=saved, device=device, amp=amp, ddp=ddp,
-                                labels=list(cache.labels), out_dir=out_dir,
-                                trained_on_valid=bool(ckpt["args"].get("merge_train_valid")),
-                                facts=run_facts(model, cache, ckpt.get("history") or []))
 
-
+# -- training ------------------------------------------------------------------------------
 def main(args) -> dict:
     """Train (or evaluate) as ``args`` say; returns the final results (also in results.json)."""
     check_args(args)
@@ -661,23 +956,91 @@ def main(args) -> dict:
             args.workers = default_workers(device)
         if args.eval_only:
             return eval_only(args, ddp, device)
-        args.cache = args.cache or DEFAULT_CACHE
-        args.out_dir = args.out_dir or DEFAULT_OUT_DIR
+        # Plain strings: args go into checkpoints and JSON files, which take no Paths.
+        args.cache = str(args.cache or DEFAULT_CACHE)
+        args.out_dir = str(args.out_dir or DEFAULT_OUT_DIR)
         return train(args, ddp, device)
     finally:
         if ddp.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
+def flags_text(values: dict) -> str:
+    """Flags as a command line would give them.
+
+    >>> flags_text({"model": "cnn1d", "merge_train_valid": False, "model_set": ["channels=8"]})
+    '--model cnn1d (no --merge-train-valid) --model-set channels=8'
+    """
+    parts = []
+    for name, value in values.items():
+        if value is True:
+            parts.append(flag(name))
+        elif value is False or value is None or value == []:
+            parts.append(f"(no {flag(name)})")
+        elif isinstance(value, list):
+            parts.extend(f"{flag(name)} {item}" for item in value)
+        else:
+            parts.append(f"{flag(name)} {value}")
+    return " ".join(parts)
+
+
+def check_resume_flags(args, saved: dict, out_dir: Path) -> None:
+    """Refuse to resume with other values of the flags that define the run (:data:`RUN_DEFINING`)."""
+    differ = [name for name in RUN_DEFINING if name in saved and saved[name] != getattr(args, name)]
+    if differ:
+        trained = flags_text({name: saved[name] for name in differ})
+        given = flags_text({name: getattr(args, name) for name in differ})
+        raise TrainError(f"--resume: the run in {out_dir} was trained with {trained}, not {given}; "
+                         f"resume with those, or start a new --out-dir")
+
+
+def check_labels(train_set: SegmentDataset, evals: dict, *, ddp: Dist) -> None:
+    """Refuse training clips of fewer than two genres; warn of genres only valid/test have."""
+    labels = train_set.labels
+    trained = sorted(set(train_set.clip_labels.tolist()))
+    if len(trained) < 2:
+        raise TrainError(f"every training clip of cache {train_set.cache.path} ({'+'.join(train_set.splits)}) "
+                         f"is of genre {', '.join(labels[i] for i in trained)!r}: a classifier needs clips "
+                         f"of at least two genres to learn anything; add clips of other genres to the split "
+                         f"lists and rebuild the cache")
+    unseen: dict[str, list[str]] = {}
+    for split, dataset in evals.items():
+        for i in sorted(set(dataset.clip_labels.tolist()) - set(trained)):
+            unseen.setdefault(labels[i], []).append(split)
+    if unseen and ddp.main:
+        names = ", ".join(f"{label!r} ({'+'.join(splits)})" for label, splits in unseen.items())
+        print(f"warning: genre(s) {names} have clips in cache {train_set.cache.path} but none among the "
+              f"training clips: the model cannot learn them, and every such clip will count as wrong. Add "
+              f"training clips of them to the train list and rebuild the cache", file=sys.stderr, flush=True)
+
+
+def kept_checkpoint(out_dir: Path, epochs_done: int) -> str:
+    """What the run folder keeps after a failure in epoch ``epochs_done + 1``."""
+    if epochs_done >= 1 and (out_dir / "last.pt").is_file():
+        return f"{out_dir / 'last.pt'} keeps epoch {epochs_done}, the last good one (best.pt the best)"
+    return "no epoch had finished, so no checkpoint was written"
+
+
 def train(args, ddp: Dist, device: torch.device) -> dict:
     out_dir = Path(args.out_dir)
-    resume, resume_best = load_resume(out_dir, ddp) if args.resume else (None, None)
+    with ExitStack() as held:
+        on_main(ddp, lambda: held.enter_context(
+            claim_run_folder(out_dir, resume=args.resume, overwrite=args.overwrite)))
+        resume, resume_best = load_resume(out_dir, ddp) if args.resume else (None, None)
+        held.enter_context(cache_read_lock(args.cache))
+        return train_in(args, ddp, device, out_dir=out_dir, resume=resume, resume_best=resume_best)
+
+
+def train_in(args, ddp: Dist, device: torch.device, *, out_dir: Path, resume, resume_best) -> dict:
+    """Train in the claimed ``out_dir`` from scratch, or from ``resume`` (last.pt) and ``resume_best``."""
     cache = open_cache(args.cache, args.feature, expect_labels=resume["labels"] if resume else None)
     if resume and resume["cache_fingerprint"] != cache.fingerprint:
         raise TrainError(f"--resume: {out_dir / 'last.pt'} was trained on another cache than {cache.path} "
                          f"(fingerprints differ); resume with the same cache, or start a new --out-dir")
     check_model_fits_feature(args.model, args.feature, cache)
     resolve_masks(args, cache.feature_settings(args.feature)["kind"])
+    if resume:
+        check_resume_flags(args, ckpt_args(resume), out_dir)
     seed_everything(args.seed)
     segment_frames = segment_frames_for(cache, args.feature, args.segment_seconds)
     if resume:
@@ -685,9 +1048,19 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
         std = np.asarray(resume["normalization"]["std"], dtype=np.float32)
     else:
         train_splits = ("train", "valid") if args.merge_train_valid else ("train",)
-        mean, std = compute_normalization(cache, args.feature, splits=train_splits)
+        try:
+            mean, std = compute_normalization(cache, args.feature, splits=train_splits)
+        except ValueError as exc:
+            raise TrainError(str(exc)) from exc
     train_set = build_train_dataset(args, cache, segment_frames, mean, std)
+    if resume:
+        # The saved statistics were computed before: the rows were not read since.
+        try:
+            train_set.check_finite()
+        except ValueError as exc:
+            raise TrainError(str(exc)) from exc
     evals = build_eval_datasets(args, cache, segment_frames, mean, std)
+    check_labels(train_set, evals, ddp=ddp)
     labels = list(cache.labels)
 
     try:
@@ -727,8 +1100,9 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
         start_epoch, best, history = resume["epoch"] + 1, resume["best"], resume["history"]
 
     if ddp.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "args.json", vars(args))
+        start_run_outputs(out_dir, args=args, fresh=not resume,
+                          description=run_description(args=args, model=model, cache=cache,
+                                                      segment_frames=segment_frames))
         print(f"{args.model} ({count_parameters(model):,} parameters) on {args.feature} segments of "
               f"{segment_frames} frames, "
               f"{train_set.n_clips} training clips x {args.crops_per_clip} crop(s) per epoch, device {device}"
@@ -746,15 +1120,23 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
         train_set.set_epoch(epoch)
         loader = make_loader(train_set, batch_size=args.batch_size, shuffle=True, workers=args.workers,
                              device=device, seed=args.seed, epoch=epoch, ddp=ddp)
-        stats = train_one_epoch(net, loader, optimizer, device=device, amp=amp, l1=args.l1, scaler=scaler,
-                                progress=ddp.main and not args.no_progress, desc=f"epoch {epoch}",
-                                mixup=args.mixup, mask=(args.mask_bins, args.mask_frames))
-        stats = reduce_stats(stats, ddp)
-        sync_buffers(model, ddp)
-        # Evaluate the plain module: each rank predicts a different share, which DDP's
-        # forward (it syncs buffers across ranks) must not see.
-        valid = evaluate(model, evals["valid"], args=args, device=device, amp=amp, ddp=ddp,
-                         n_classes=len(labels), desc="valid")
+        try:
+            stats = train_one_epoch(net, loader, optimizer, device=device, amp=amp, l1=args.l1, scaler=scaler,
+                                    progress=ddp.main and not args.no_progress, desc=f"epoch {epoch}",
+                                    mixup=args.mixup, mask=(args.mask_bins, args.mask_frames),
+                                    epoch=epoch, ddp=ddp)
+            stats = reduce_stats(stats, ddp)
+            sync_buffers(model, ddp)
+            # Evaluate the plain module: each rank predicts a different share, which DDP's
+            # forward (it syncs buffers across ranks) must not see.
+            try:
+                valid = evaluate(model, evals["valid"], args=args, device=device, amp=amp, ddp=ddp,
+                                 n_classes=len(labels), desc="valid")
+            except Diverged as exc:
+                raise Diverged(f"training diverged: {exc} after epoch {epoch} (lr {lr:.3g})") from None
+        except Diverged as exc:
+            raise Diverged(f"{exc}; stopped there. {kept_checkpoint(out_dir, epoch - 1)}. Lower --lr "
+                           f"(it was {args.lr}) or check the data, and start again with --overwrite") from None
         if args.schedule == "plateau":
             # Valid that was trained on says nothing about generalisation: watch the training loss then.
             scheduler.step(stats["loss"] if args.merge_train_valid else valid["loss"])
@@ -779,11 +1161,13 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
                   f"lr {lr:.2e}  {record['segments_per_s']:.0f} seg/s" + ("  *best" if improved else ""),
                   flush=True)
             # Rewritten whole from the history, so a resumed run never repeats an epoch's line.
-            write_text(metrics_path, "".join(json.dumps(h) + "\n" for h in history))
+            write_text(metrics_path, "".join(json.dumps(h, allow_nan=False) + "\n" for h in history))
             state = checkpoint_state(model=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                                      epoch=epoch, best=best, history=history, **state_args)
             if improved:
                 save_checkpoint(state, out_dir / "best.pt")
+            # last.pt last: a run killed before it resumes from the previous epoch and
+            # redoes this one (rewriting metrics.jsonl and best.pt from its history).
             save_checkpoint(state, out_dir / "last.pt")
             plot_curves(history, out_dir / "curves.png")
         if ddp.world > 1:
@@ -801,28 +1185,19 @@ def train(args, ddp: Dist, device: torch.device) -> dict:
                                 facts=run_facts(model, cache, history))
 
 
-def load_resume(out_dir: Path, ddp: Dist) -> tuple[dict, dict | None]:
-    """``last.pt`` and the weights of ``best.pt`` (None if absent) of the run in ``out_dir``.
+def read_resume(out_dir: Path) -> tuple[dict, dict | None]:
+    """``last.pt`` and the weights of ``best.pt`` (None if absent) of the run in ``out_dir``."""
+    try:
+        last = load_checkpoint(out_dir / "last.pt")
+        best_path = out_dir / "best.pt"
+        return last, load_checkpoint(best_path)["state_dict"] if best_path.exists() else None
+    except UserError as exc:
+        raise TrainError(f"--resume: {exc}") from exc
 
-    Under torchrun only rank 0 reads them and sends them to the others, so the other
-    nodes need not see --out-dir.
-    """
-    found = error = None
-    if ddp.main:
-        try:
-            last = load_checkpoint(out_dir / "last.pt")
-            best_path = out_dir / "best.pt"
-            found = (last, load_checkpoint(best_path)["state_dict"] if best_path.exists() else None)
-        except CheckpointError as exc:
-            error = f"--resume: {exc}"
-    if ddp.world > 1:
-        # The error travels too: a rank left waiting for a checkpoint would hang the job.
-        box = [found, error]
-        dist.broadcast_object_list(box, src=0)
-        found, error = box
-    if error is not None:
-        raise TrainError(error)
-    return found
+
+def load_resume(out_dir: Path, ddp: Dist) -> tuple[dict, dict | None]:
+    """:func:`read_resume` on rank 0, sent to the others: they need not see --out-dir."""
+    return on_main(ddp, lambda: read_resume(out_dir))
 
 
 def sync_buffers(model: torch.nn.Module, ddp: Dist) -> None:
@@ -853,9 +1228,14 @@ def reduce_stats(stats: dict, ddp: Dist) -> dict:
             "seconds": t[3].item() / ddp.world}
 
 
+def interrupted_hint(argv=None) -> str:
+    """What the line after Ctrl-C or SIGTERM tells the user to do."""
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.eval_only:
+        return "nothing was written; run the same command again"
+    return (f"the last finished epoch is kept in {args.out_dir or DEFAULT_OUT_DIR}/last.pt; continue "
+            f"with --resume --out-dir {args.out_dir or DEFAULT_OUT_DIR} (and the same other flags)")
+
+
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except TrainError as exc:
-        # Under torchrun every rank fails alike; one copy of the message is enough.
-        sys.exit(f"error: {exc}" if os.environ.get("RANK", "0") == "0" else 1)
+    run(main, get_args_parser(), interrupted=interrupted_hint())

@@ -14,7 +14,8 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from cache.format import STATUS_DONE
-from cache.reader import FeatureCache
+from cache.reader import CacheError, FeatureCache
+from common.errors import UserError
 
 # feature kind -> dimensions of one row: (n_bins, frames) or (samples,)
 FEATURE_KINDS = {
@@ -22,6 +23,33 @@ FEATURE_KINDS = {
     "waveform": 1,
 }
 STD_FLOOR = 1e-5
+
+
+class NonFiniteFeatures(CacheError, UserError):
+    """A cached feature row holds NaN or infinite values: the cache must be rebuilt."""
+
+
+def non_finite_error(cache: FeatureCache, feature: str, split: str, row: int,
+                     values: np.ndarray) -> NonFiniteFeatures:
+    """The error for row ``row`` of ``split`` whose ``values`` are not all finite, naming its clip."""
+    meta = cache.rows(split)
+    what = "NaN" if np.isnan(values).any() else "infinite values"
+    return NonFiniteFeatures(
+        f"feature {feature!r} of cache {cache.path} holds {what} in split {split!r}, row {row} "
+        f"(clip {meta['path'][row]}, version {int(meta['version'][row])}), which would turn scores "
+        f"into NaN: rebuild the cache (build_cache.py --overwrite) with a build that refuses such "
+        f"rows, or leave that clip out of the split lists")
+
+
+def stats_shape(kind: str, n_bins: int) -> tuple[int, ...]:
+    """Shape of the per-bin normalisation statistics of a feature of ``kind``.
+
+    ``(n_bins, 1)`` for spectrograms (broadcasts over frames), ``(1,)`` for waveforms.
+
+    >>> stats_shape("spectrogram", 128), stats_shape("waveform", 1)
+    ((128, 1), (1,))
+    """
+    return (n_bins, 1) if kind == "spectrogram" else (1,)
 
 
 def _open(cache) -> FeatureCache:
@@ -118,6 +146,11 @@ def compute_normalization(cache, feature: str, *, splits=("train",), backend: st
         Shape ``(n_bins, 1)`` for spectrogram features (broadcasts over frames),
         ``(1,)`` for waveforms. Population std (``ddof=0``).
 
+    Raises
+    ------
+    NonFiniteFeatures
+        A row holds NaN or infinite values (the row, clip and split are named).
+
     Examples
     --------
     >>> mean, std = compute_normalization(FeatureCache("cache.h5"), "mel")  # doctest: +SKIP
@@ -131,6 +164,8 @@ def compute_normalization(cache, feature: str, *, splits=("train",), backend: st
         array = cache.array(split, feature, backend=backend)
         for row in cache.done_rows(split):
             values = np.asarray(array.row(int(row)), dtype=np.float64)
+            if not np.isfinite(values).all():
+                raise non_finite_error(cache, feature, split, int(row), values)
             n = int(np.prod([values.shape[a] for a in axes]))
             row_mean = values.mean(axis=axes, keepdims=True)
             row_m2 = ((values - row_mean) ** 2).sum(axis=axes, keepdims=True)
@@ -230,6 +265,10 @@ class SegmentDataset(Dataset):
         self._mean, self._std = self._check_normalization(mean, std)
         self._inv_std = None if self._std is None else (1.0 / self._std).astype(np.float32)
         self._plan = None  # (epoch, picked row per item, crop start per item)
+        if not self.train:
+            # Evaluation reads every segment of these rows each time: one NaN would make
+            # every score NaN, silently. One pass now is cheaper than one evaluation.
+            self.check_finite()
 
     # -- construction checks ------------------------------------------------------------
 
@@ -261,14 +300,17 @@ class SegmentDataset(Dataset):
             raise ValueError("give both mean and std (see compute_normalization), or neither")
         # Only per-bin statistics are accepted: a (n_bins,) vector would broadcast over
         # frames instead of bins, silently, whenever n_bins == segment_frames.
-        stats_shape = (self.n_bins, 1) if self.kind == "spectrogram" else (1,)
+        wanted = stats_shape(self.kind, self.n_bins)
         out = []
         for name, value in (("mean", mean), ("std", std)):
             value = np.asarray(value, dtype=np.float32)
-            if value.shape != stats_shape and value.size != 1:
+            if value.shape != wanted and value.size != 1:
                 raise ValueError(f"{name} has shape {value.shape}; items of feature "
-                                 f"{self.feature!r} need {stats_shape} (per bin) or a scalar, "
+                                 f"{self.feature!r} need {wanted} (per bin) or a scalar, "
                                  f"as compute_normalization returns")
+            if not np.isfinite(value).all():
+                raise ValueError(f"{name} holds NaN or infinite values; normalisation statistics "
+                                 f"must be finite (compute_normalization refuses non-finite rows)")
             out.append(value)
         if not np.all(out[1] > 0):
             raise ValueError("std must be > 0 everywhere (compute_normalization floors it)")
@@ -324,6 +366,19 @@ class SegmentDataset(Dataset):
         self.segment_starts = starts
         self._seg_clip = np.repeat(np.arange(self.n_clips), len(starts))
         self._seg_start = np.tile(starts, self.n_clips)
+
+    def check_finite(self) -> None:
+        """Refuse (:class:`NonFiniteFeatures`) if any row this dataset reads holds NaN or inf.
+
+        One pass over the rows' bytes. Evaluation datasets do it on construction;
+        training checks its rows while computing the normalisation, or calls this when
+        it reuses saved statistics (resume).
+        """
+        for split_index, row in zip(self._row_split_list, self._rows_list):
+            values = self._arrays[split_index].row(row)
+            if not np.isfinite(values).all():
+                raise non_finite_error(self.cache, self.feature, self.splits[split_index], row,
+                                       np.asarray(values))
 
     # -- epochs ---------------------------------------------------------------------------
 

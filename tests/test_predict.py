@@ -294,5 +294,8 @@ def test_command_line_exit_status_and_json(runs, audio_dir, tmp_path, monkeypatc
     assert [r["ok"] for r in output["files"]] == [True, False]
     assert "error:" in err and "bad.wav" in err
     assert run_command_line(monkeypatch, "--checkpoint", runs["mel"] / "best.pt", audio_dir / "au_16k.au") == 0
+    capsys.readouterr()
+    # An unusable checkpoint: one error line (common.cli.run) and exit status 1.
     code = run_command_line(monkeypatch, "--checkpoint", tmp_path / "none.pt", audio_dir / "au_16k.au")
-    assert code.startswith("error: ") and "none.pt" in code
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and "none.pt" in err and err.count("\n") == 1

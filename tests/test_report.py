@@ -28,10 +28,13 @@ def copy_run(source, folder, **results):
 
 
 def set_fingerprint(folder, fingerprint):
+    """As if the run had been trained on another cache (report.py reads run.json, never checkpoints)."""
     for name in ("best.pt", "last.pt"):
         ckpt = load_checkpoint(folder / name)
         ckpt["cache_fingerprint"] = fingerprint
         save_checkpoint(ckpt, folder / name)
+    path = folder / "run.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "cache_fingerprint": fingerprint}))
 
 
 def table_rows(text: str) -> list[list[str]]:
@@ -176,6 +179,19 @@ def test_unfinished_run_is_refused_by_name(runs, tmp_path, remove):
     (folder / remove).unlink()
     with pytest.raises(report.ReportError, match=f"unfinished.*{remove}"):
         report.read_runs([folder])
+
+
+def test_run_older_than_run_json_is_reported_with_unknowns(runs, tmp_path):
+    folder = copy_run(runs["mel"], tmp_path / "old")
+    (folder / "run.json").unlink()
+    results = json.loads((folder / "results.json").read_text())
+    for key in ("labels", "cache_fingerprint", "data_fingerprint", "parameters"):
+        results.pop(key)
+    (folder / "results.json").write_text(json.dumps(results))
+    summary = report.main(report.get_args_parser().parse_args([str(folder), "--out", str(tmp_path / "r.md")]))
+    row = summary["runs"][0]
+    assert row["model"] == "cnn1d" and row["cache_fingerprint"] is None and row["parameters"] is None
+    assert "| ? |" in (tmp_path / "r.md").read_text()
 
 
 def test_missing_folder_is_refused(tmp_path):
