@@ -20,6 +20,8 @@ import librosa
 import numpy as np
 import soundfile as sf
 
+from common.errors import UserError
+
 DEFAULT_SR = 22050
 DEFAULT_DURATION = 30.0
 
@@ -32,8 +34,12 @@ _HINT = ("Hint: check that the file is a complete audio file (try playing it); "
          "re-download or re-convert it, or remove it from the split list.")
 
 
-class AudioLoadError(RuntimeError):
-    """An audio file could not be read; the message names the file and the reason."""
+class AudioLoadError(UserError, RuntimeError):
+    """An audio file could not be read; the message names the file and the reason.
+
+    A :class:`~common.errors.UserError` (the file is missing or damaged), and still a
+    RuntimeError for callers that catch it as one.
+    """
 
 
 @dataclass(frozen=True)
