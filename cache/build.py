@@ -12,6 +12,7 @@ in this process and the file's content is the same.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import sys
@@ -98,6 +99,7 @@ class BuildSummary:
     resumed: bool = False
     # An up-to-date cache's source files that were skipped when it was built.
     skipped_before: int = 0
+    workers: int = 0  # local processes that computed the clips (0: a Dask cluster's workers)
 
     def describe(self) -> str:
         if self.up_to_date:
@@ -452,6 +454,7 @@ class Engine:
     jobs: int
     client: object | None = None
     ran: bool = False
+    workers: int = 0  # local processes of the last run (0 on Dask)
 
     def check_data(self, lists: SplitLists) -> None:
         """Raise :class:`DataNotVisible` unless every worker can read every listed file."""
@@ -461,6 +464,8 @@ class Engine:
 
     def run(self, tasks: list[ClipTask], **work):
         self.ran = True
+        # A worker per clip at most; on a Dask cluster its worker threads decide.
+        self.workers = 0 if self.client is not None else max(1, min(self.jobs, len(tasks)))
         return run_tasks(tasks, jobs=self.jobs, client=self.client, **work)
 
 
@@ -489,8 +494,10 @@ def dask_engine(*, jobs: int, scheduler: str | None = None):
     cluster = None
     if scheduler is None:
         # One single-threaded worker process per job, as the loky backend has.
+        # Its workers' warnings are silenced: what matters reaches the user as the build's own
+        # errors (WorkersLost), and a stopped build would otherwise end in lines about cancelled tasks.
         cluster = distributed.LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
-                                           dashboard_address=None,
+                                           dashboard_address=None, silence_logs=logging.ERROR,
                                            env={name: "1" for name in WORKER_THREAD_ENV})
     try:
         with _connect(distributed, cluster if cluster is not None else scheduler) as client:
@@ -688,7 +695,7 @@ def build(*, data, out, features: dict[str, Feature], augmenter: Augmenter | Non
                 resumed = writer.resumed
                 writer.finish()
     return BuildSummary(out=out, built_rows=built, augmented_rows=augmented, skipped=skipped,
-                        seconds=time.monotonic() - start, resumed=resumed)
+                        seconds=time.monotonic() - start, resumed=resumed, workers=engine.workers)
 
 
 def check_build_args(*, features, augmenter, versions, sr, duration, jobs, compression) -> None:
