@@ -26,14 +26,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import joblib
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-import h5py
-import numpy as np
-
-from cache.format import FORMAT_VERSION, STATUS_SKIPPED, CacheError, fingerprint, read_root_attrs
+from cache.format import COMPRESSIONS, FORMAT_VERSION, STATUS_SKIPPED, CacheError, fingerprint, read_root_attrs
 from cache.writer import PARTIAL_SUFFIX, CacheWriter, ClipResult, RowResult, SettingsMismatch, SplitRows, \
     describe_differences, partial_path
 from common.errors import UserError
@@ -678,6 +676,7 @@ def build(*, data, out, features: dict[str, Feature], augmenter: Augmenter | Non
         layout = plan_layout(lists, versions=versions)
         n_samples = round(duration * sr)
         shapes = {name: tuple(f.output_shape(n_samples)) for name, f in features.items()}
+        # No more workers than clips (a local Dask cluster starts them all up front).
         jobs = min(jobs, sum(len(clips) for clips in lists.clips.values()))
         if backend != "loky" or jobs > 1:
             compile_librosa_kernels()
@@ -706,8 +705,8 @@ def check_build_args(*, features, augmenter, versions, sr, duration, jobs, compr
         raise UserError("--augment > 0 needs an augmenter (pipeline.augment.build_augmenter)")
     if not features:
         raise UserError("no features asked for; pass at least one, e.g. --features mel")
-    if compression not in ("none", "gzip"):
-        raise UserError(f"--compression {compression}: choose none or gzip")
+    if compression not in COMPRESSIONS:
+        raise UserError(f"--compression {compression}: choose one of {', '.join(COMPRESSIONS)}")
     check_build_numbers(sr=sr, duration=duration, jobs=jobs)
 
 

@@ -75,7 +75,7 @@ ROW_FIELDS = {
 
 # Bytes of the row fields the writer fills in row by row (stored as fixed-length UTF-8).
 # The longest augmentation record of all five effects is about 900 bytes.
-FIXED_TEXT_BYTES = {"augment": 4096, "flags": 1024}
+FIXED_TEXT_BYTES = {"augment": 2048, "flags": 1024}
 
 # Row fields added after the first files of format 1 -> (dtype, value of a file without them).
 OPTIONAL_ROW_FIELDS = {

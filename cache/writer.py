@@ -241,7 +241,7 @@ class CacheWriter:
         try:
             return h5py.File(self.partial, "r+")
         except (OSError, RuntimeError) as exc:
-            why = ("another program has it open (HDF5's file lock)" if "lock" in str(exc).lower()
+            why = ("another program has it open (HDF5's file lock)" if "unable to lock file" in str(exc).lower()
                    else f"it is not a readable HDF5 file ({exc})")
             raise CacheError(f"cannot resume the unfinished build {self.partial}: {why}. It is left as "
                              f"it is: stop the program using it, or pass --overwrite to start again "
@@ -250,10 +250,7 @@ class CacheWriter:
     def _open_existing_partial(self) -> h5py.File:
         f = self._open_for_writing()
         try:
-            try:
-                old = read_root_attrs(f.attrs, path=self.partial)
-            except CacheError as exc:
-                raise CacheError(f"cannot resume {exc}; or pass --overwrite to start again") from exc
+            old = read_root_attrs(f.attrs, path=self.partial)  # its message says to --overwrite
             if old.fingerprint != self.fingerprint:
                 diff = "\n  ".join(describe_differences(old.settings, self.settings))
                 raise SettingsMismatch(
@@ -279,8 +276,10 @@ class CacheWriter:
     def _check_layout(self, f: h5py.File) -> None:
         for split, rows in self.layout.items():
             problem = None
-            if split not in f or "status" not in f[split]:
+            if split not in f:
                 problem = f"it has no split {split!r}"
+            elif any(name not in f[split] for name in ROW_FIELDS):
+                problem = f"its split {split!r} lacks some of the row fields {', '.join(ROW_FIELDS)}"
             elif f[split]["status"].shape != (rows.n_rows,):
                 problem = f"split {split!r} has {f[split]['status'].shape[0]} rows, expected {rows.n_rows}"
             else:
