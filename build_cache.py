@@ -190,9 +190,9 @@ def main(args) -> "BuildSummary":
         raise SplitListUserError(str(exc)) from exc
     print(summary.describe())
     if summary.skipped:
-        print(f"{len(summary.skipped)} files could not be decoded and were skipped "
-              f"(listed in the file's 'skipped' attribute); fix or replace them, then run the same "
-              f"command with {RETRY_FLAG} to compute them:", file=sys.stderr)
+        print(f"{len(summary.skipped)} source files were skipped: they could not be decoded, or gave "
+              f"non-finite features (listed in the file's 'skipped' attribute); fix or replace them, then "
+              f"run the same command with {RETRY_FLAG} to compute them:", file=sys.stderr)
         for item in summary.skipped:
             print(f"  {item['split']}: {item['path']}: {item['reason']}", file=sys.stderr)
     return summary

@@ -233,6 +233,8 @@ def plan_existing(out: Path, settings: dict, *, overwrite: bool, retry_skipped: 
     except (OSError, RuntimeError, KeyError, CacheError) as exc:
         if overwrite:
             return Existing("replace")
+        if isinstance(exc, CacheError):  # it names the attribute and says to --overwrite
+            raise SettingsMismatch(f"{exc}, or choose another --out") from exc
         raise SettingsMismatch(f"{out} exists but is not a readable cache ({exc}); "
                                f"pass --overwrite to replace it, or choose another --out") from exc
     if fingerprint(root.settings) != fingerprint(settings):
@@ -667,8 +669,8 @@ def build(*, data, out, features: dict[str, Feature], augmenter: Augmenter | Non
         existing = plan_existing(out, **plan)
     if existing.action == "up_to_date":
         return _up_to_date(out, existing)
-    with FileLock(out, what="cache", hint=f"a training or evaluation reading it holds it; choose another "
-                                          f"--out to build beside it"):
+    with FileLock(out, what="cache", hint="trainings and evaluations hold it while they read the cache; "
+                                         "or build into another --out meanwhile"):
         existing = plan_existing(out, **plan)  # it may have changed between the two locks
         if existing.action == "up_to_date":
             return _up_to_date(out, existing)

@@ -241,11 +241,14 @@ class CacheWriter:
         try:
             return h5py.File(self.partial, "r+")
         except (OSError, RuntimeError) as exc:
-            why = ("another program has it open (HDF5's file lock)" if "unable to lock file" in str(exc).lower()
-                   else f"it is not a readable HDF5 file ({exc})")
-            raise CacheError(f"cannot resume the unfinished build {self.partial}: {why}. It is left as "
-                             f"it is: stop the program using it, or pass --overwrite to start again "
-                             f"(its finished rows are then lost)") from exc
+            if "unable to lock file" in str(exc).lower():
+                why, fix = ("another program has it open (HDF5's file lock)",
+                            "wait for that program to end or stop it, then run the same command again")
+            else:
+                why, fix = (f"it is not a readable HDF5 file ({exc})",
+                            "pass --overwrite to start again (what it holds is then lost)")
+            raise CacheError(f"cannot resume the unfinished build {self.partial}: {why}. It is left as it is: "
+                             f"{fix}") from exc
 
     def _open_existing_partial(self) -> h5py.File:
         f = self._open_for_writing()

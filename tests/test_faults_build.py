@@ -508,7 +508,7 @@ def test_root_attribute_of_the_wrong_type_is_named(small_data, reference, tmp_pa
     for read in (FeatureCache, summarize):
         with pytest.raises(CacheError, match=rf"root attribute '{attr}'"):
             read(out)
-    with pytest.raises(ValueError, match=rf"not a readable cache .*'{attr}'.*--overwrite"):
+    with pytest.raises(ValueError, match=rf"root attribute '{attr}'.*--overwrite"):
         build_cache.main(args(small_data, out))
     done = subprocess.run([sys.executable, "-m", "cache.inspect", str(out)], cwd=REPO, capture_output=True,
                           text=True)
