@@ -355,11 +355,12 @@ def _worker_children():
 
 
 def _exit_with_parent() -> None:
-    """In a worker's child process: exit as soon as the worker is gone.
+    """In a worker process (a Dask worker's child, or a local loky worker): exit as soon
+    as the process that started it is gone.
 
-    A killed worker cannot stop its children, and a child blocked on handing back its
+    A killed process cannot stop its workers, and a worker blocked on handing back its
     last result would otherwise wait forever. The watching thread draws no random
-    numbers, so the child still has no thread that disturbs the augmenter.
+    numbers, so the worker still has no thread that disturbs the augmenter.
     """
     parent = os.getppid()
 
@@ -423,7 +424,10 @@ def run_tasks(tasks: list[ClipTask], *, jobs: int, features, augmenter, sr, dura
         return
     for name in WORKER_THREAD_ENV:
         os.environ.setdefault(name, "1")  # inherited by workers that start from now on
-    with joblib.parallel_config(backend="loky", inner_max_num_threads=1):
+    # Workers exit with this process even when it is killed outright (kill -9, the OOM
+    # killer), rather than idling for loky's five minutes; Ctrl-C and SIGTERM stop them
+    # at once (close_results).
+    with joblib.parallel_config(backend="loky", inner_max_num_threads=1, initializer=_exit_with_parent):
         parallel = joblib.Parallel(n_jobs=jobs, return_as="generator_unordered", pre_dispatch="2*n_jobs")
         yield from parallel(joblib.delayed(process_clip)(task, **work) for task in tasks)
 

@@ -355,8 +355,12 @@ def sigterm_reference(tiny_gtzan, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("backend", ["loky", "dask"])
-def test_sigterm_stops_every_worker_and_leaves_a_resumable_build(tiny_gtzan, sigterm_reference, tmp_path, backend):
+@pytest.mark.parametrize("backend, sig", [("loky", signal.SIGTERM), ("dask", signal.SIGTERM),
+                                          ("loky", signal.SIGKILL)], ids=["loky-TERM", "dask-TERM", "loky-KILL"])
+def test_sigterm_stops_every_worker_and_leaves_a_resumable_build(tiny_gtzan, sigterm_reference, tmp_path, backend,
+                                                                 sig):
+    """SIGTERM: one line, status 143, no worker left. SIGKILL cannot be handled, yet its
+    workers must not outlive it either."""
     if backend == "dask":
         pytest.importorskip("distributed")
     flags = ["--data", str(tiny_gtzan), *SIGTERM_FLAGS]
@@ -375,11 +379,14 @@ def test_sigterm_stops_every_worker_and_leaves_a_resumable_build(tiny_gtzan, sig
             time.sleep(0.1)
         assert build.poll() is None, "the build ended before it could be stopped"
         assert len(processes_in_group(build.pid)) > 1, "no workers were running"
-        build.send_signal(signal.SIGTERM)
-        stderr = build.communicate(timeout=60)[1].decode()
-        assert build.returncode == 128 + signal.SIGTERM
-        lines = [line for line in stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith("stopped by SIGTERM"), stderr
+        build.send_signal(sig)
+        if sig == signal.SIGTERM:
+            stderr = build.communicate(timeout=60)[1].decode()
+            assert build.returncode == 128 + signal.SIGTERM
+            lines = [line for line in stderr.splitlines() if line.strip()]
+            assert len(lines) == 1 and lines[0].startswith("stopped by SIGTERM"), stderr
+        else:
+            assert build.wait(timeout=60) == -signal.SIGKILL
         deadline = time.monotonic() + 10
         while processes_in_group(build.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
