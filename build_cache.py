@@ -7,7 +7,9 @@ Decodes every listed clip in parallel joblib workers (local processes, or the wo
 of a Dask cluster with --backend dask), adds ``--augment`` audio-effect
 copies of each training clip, computes every requested feature, and writes one
 chunked, self-describing HDF5 file (``h5ls -r cache.h5`` shows it). A killed build
-resumes when the same command is run again.
+resumes when the same command is run again; a build stopped by Ctrl-C or SIGTERM stops
+its workers first. Clips that could not be decoded are skipped and listed; once fixed,
+``--retry-skipped`` computes them into the same file.
 """
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ import argparse
 import os
 import sys
 
-from cache.build import BACKENDS, WorkersLost, build
-from cache.writer import SettingsMismatch
+from cache.build import BACKENDS, RETRY_FLAG, build, check_build_numbers
+from common.cli import run
+from common.errors import UserError
 from pipeline.audio import DEFAULT_DURATION, DEFAULT_SR
 from pipeline.augment import DEFAULT_EFFECTS, build_augmenter, parse_effect_names
 from pipeline.features import build_feature, feature_settings_defaults, parse_feature_names
@@ -39,6 +42,11 @@ SHARED_FEATURE_FLAGS = {
 }
 
 
+class SplitListUserError(SplitListError, UserError):
+    """A SplitListError that common.cli prints as one line, where pipeline.splits' own
+    class does not derive from UserError yet."""
+
+
 def default_jobs() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -49,7 +57,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=DEFAULT_DATA,
                    help=f"GTZAN-style folder: <genre>/<file> plus train/valid/test_filtered.txt {fmt}")
     p.add_argument("--out", default=DEFAULT_CACHE,
-                   help=f"cache file to write; train.py --cache reads the same default {fmt}")
+                   help=f"cache file to write (its folder is created if missing); train.py --cache reads "
+                        f"the same default {fmt}")
     p.add_argument("--features", default=DEFAULT_FEATURES,
                    help=f"comma-separated features to compute: mel, mfcc, chroma, cqt, wave {fmt}")
     p.add_argument("--jobs", type=int, default=default_jobs(),
@@ -68,7 +77,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--compression", choices=("none", "gzip"), default="none",
                    help=f"'none' lets train.py memory-map the file; gzip is smaller but much slower to read {fmt}")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing cache (or unfinished build) made with other settings")
+                   help="replace an existing cache made with other settings, or start an unfinished build "
+                        "again (a finished cache of the same settings is kept)")
+    p.add_argument(RETRY_FLAG, action="store_true",
+                   help="compute again the clips a finished cache skipped because they could not be decoded "
+                        "(after fixing those files); an unfinished build always retries them")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     g = p.add_argument_group("feature settings (apply to every requested feature that has the setting)")
@@ -120,54 +133,70 @@ def feature_overrides(args, names: list[str]) -> dict[str, dict]:
             continue
         takers = [name for name in names if key in feature_settings_defaults(name)]
         if not takers:
-            raise ValueError(f"--{flag.replace('_', '-')} applies to none of the features {names}")
+            raise UserError(f"--{flag.replace('_', '-')} applies to none of the features {names}")
         for name in takers:
             overrides[name][key] = value
     for item in args.set:
         target, sep, value = item.partition("=")
         name, dot, key = target.partition(".")
         if not sep or not dot:
-            raise ValueError(f"--set {item!r}: expected FEATURE.KEY=VALUE, e.g. --set mel.fmax=8000")
+            raise UserError(f"--set {item!r}: expected FEATURE.KEY=VALUE, e.g. --set mel.fmax=8000")
         if name not in overrides:
-            raise ValueError(f"--set {item!r}: feature {name!r} is not in --features {','.join(names)}")
+            raise UserError(f"--set {item!r}: feature {name!r} is not in --features {','.join(names)}")
         overrides[name][key] = parse_value(value)
     return overrides
 
 
 def make_features(args) -> dict:
-    names = parse_feature_names(args.features)
+    # pipeline.features says what is wrong with a setting as a ValueError; here it
+    # becomes a UserError that names the flags the setting came from.
+    try:
+        names = parse_feature_names(args.features)
+    except ValueError as exc:
+        raise UserError(f"--features {args.features}: {exc}") from exc
     overrides = feature_overrides(args, names)
-    return {name: build_feature(name, sr=args.sr, **overrides[name]) for name in names}
+    try:
+        return {name: build_feature(name, sr=args.sr, **overrides[name]) for name in names}
+    except ValueError as exc:
+        raise UserError(f"feature settings (--features {args.features} and its --n-*/--set flags, "
+                        f"--sr {args.sr}): {exc}") from exc
 
 
 def make_augmenter(args):
     if args.augment == 0:
         return None
-    return build_augmenter(parse_effect_names(args.effects), sr=args.sr, p=args.effect_p,
-                           pitch_semitones=args.pitch_semitones, stretch_min=args.stretch_min,
-                           stretch_max=args.stretch_max, snr_min_db=args.snr_min, snr_max_db=args.snr_max,
-                           eq_gain_db=args.eq_gain_db, gain_db=args.gain_db)
+    try:
+        return build_augmenter(parse_effect_names(args.effects), sr=args.sr, p=args.effect_p,
+                               pitch_semitones=args.pitch_semitones, stretch_min=args.stretch_min,
+                               stretch_max=args.stretch_max, snr_min_db=args.snr_min, snr_max_db=args.snr_max,
+                               eq_gain_db=args.eq_gain_db, gain_db=args.gain_db)
+    except ValueError as exc:
+        raise UserError(f"augmentation settings (--effects {args.effects}, --effect-p, --pitch-semitones, "
+                        f"--stretch-*, --snr-*, --eq-gain-db, --gain-db): {exc}") from exc
 
 
 def main(args) -> "BuildSummary":
-    if args.jobs < 1:
-        raise ValueError(f"--jobs {args.jobs}: need at least 1 worker")
-    summary = build(data=args.data, out=args.out, features=make_features(args),
-                    augmenter=make_augmenter(args), versions=args.augment, seed=args.seed,
-                    sr=args.sr, duration=args.duration, jobs=args.jobs,
-                    compression=args.compression, overwrite=args.overwrite,
-                    progress=not args.no_progress, backend=args.backend, scheduler=args.scheduler)
+    check_build_numbers(sr=args.sr, duration=args.duration, jobs=args.jobs)
+    try:
+        summary = build(data=args.data, out=args.out, features=make_features(args),
+                        augmenter=make_augmenter(args), versions=args.augment, seed=args.seed,
+                        sr=args.sr, duration=args.duration, jobs=args.jobs,
+                        compression=args.compression, overwrite=args.overwrite,
+                        retry_skipped=args.retry_skipped, progress=not args.no_progress,
+                        backend=args.backend, scheduler=args.scheduler)
+    except SplitListError as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise SplitListUserError(str(exc)) from exc
     print(summary.describe())
     if summary.skipped:
-        print(f"{len(summary.skipped)} files could not be decoded and were skipped "
-              f"(listed in the file's 'skipped' attribute):", file=sys.stderr)
+        print(f"{len(summary.skipped)} source files were skipped: they could not be decoded, or gave "
+              f"non-finite features (listed in the file's 'skipped' attribute); fix or replace them, then "
+              f"run the same command with {RETRY_FLAG} to compute them:", file=sys.stderr)
         for item in summary.skipped:
             print(f"  {item['split']}: {item['path']}: {item['reason']}", file=sys.stderr)
     return summary
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except (ValueError, SplitListError, SettingsMismatch, WorkersLost) as exc:
-        sys.exit(f"error: {exc}")
+    run(main, get_args_parser())

@@ -12,27 +12,34 @@ in this process and the file's content is the same.
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 import os
 import sys
+import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import joblib
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from cache.format import FORMAT_VERSION, fingerprint
-from cache.writer import CacheWriter, ClipResult, RowResult, SettingsMismatch, SplitRows, \
-    describe_differences, read_settings
+from cache.format import COMPRESSIONS, FORMAT_VERSION, STATUS_SKIPPED, CacheError, fingerprint, read_root_attrs
+from cache.writer import PARTIAL_SUFFIX, CacheWriter, ClipResult, RowResult, SettingsMismatch, SplitRows, \
+    describe_differences, partial_path
+from common.errors import UserError
+from common.locks import FileLock
 from pipeline.audio import AudioLoadError, load_audio
 from pipeline.augment import Augmenter, augment_seed
 from pipeline.features import Feature, compute_features
-from pipeline.splits import SplitLists, read_split_lists
+from pipeline.splits import LIST_FILES, SplitLists, read_split_lists
 
 # Decoding, resampling and STFTs each want every core; with one clip per worker that
 # oversubscribes two cores badly (see shared/NOTES.md), so workers run single-threaded.
@@ -49,9 +56,14 @@ WAIT_FOR_WORKERS_S = 60
 CHILD_IDLE_S = 60
 # Files a worker cannot read are listed up to this many in the error message.
 MAX_LISTED_FILES = 3
+# Beyond these a value is a typo (or would fill the disk), not a setting.
+MAX_DURATION_S = 3600.0
+SR_RANGE = (1000, 384_000)
+MAX_JOBS = 1024
+RETRY_FLAG = "--retry-skipped"
 
 
-class BackendError(ValueError):
+class BackendError(UserError):
     """The asked-for backend cannot run: unknown, not installed, unreachable or blind to the data."""
 
 
@@ -59,7 +71,7 @@ class DataNotVisible(BackendError):
     """A Dask worker cannot read the data folder at the path the client sees it at."""
 
 
-class WorkersLost(RuntimeError):
+class WorkersLost(UserError):
     """Dask workers died while computing clips; the finished rows are kept for a resume."""
 
 
@@ -83,10 +95,16 @@ class BuildSummary:
     seconds: float
     up_to_date: bool = False
     resumed: bool = False
+    # An up-to-date cache's source files that were skipped when it was built.
+    skipped_before: int = 0
+    workers: int = 0  # local processes that computed the clips (0: a Dask cluster's workers)
 
     def describe(self) -> str:
         if self.up_to_date:
-            return f"{self.out} is up to date (same settings); nothing to do"
+            return (f"{self.out} is up to date (same settings); nothing to do"
+                    + (f"; {self.skipped_before} source files were skipped when it was built: once they "
+                       f"are fixed, run the same command with {RETRY_FLAG} to compute them"
+                       if self.skipped_before else ""))
         size_mb = self.out.stat().st_size / 1e6
         return (f"{self.out}: {self.built_rows} rows built ({self.augmented_rows} augmented), "
                 f"{len(self.skipped)} source files skipped, {size_mb:.1f} MB, {self.seconds:.1f} s"
@@ -95,6 +113,25 @@ class BuildSummary:
 
 def list_digest(paths: list[str]) -> str:
     return hashlib.sha256("\n".join(paths).encode("utf-8")).hexdigest()
+
+
+def clip_group(clip) -> str:
+    """The clip's group (e.g. its track, from the split lists' optional groups file), "" if none."""
+    return getattr(clip, "group", None) or ""
+
+
+def has_groups(lists: SplitLists) -> bool:
+    return any(clip_group(clip) for clips in lists.clips.values() for clip in clips)
+
+
+def split_sources(lists: SplitLists, split: str, *, groups: bool) -> dict:
+    """What the fingerprint records of a split's list: count and digest, and of its
+    groups when any clip has one (caches without groups keep their fingerprint)."""
+    source = {"count": len(lists.clips[split]), "sha256": list_digest(lists.listed(split))}
+    if groups:
+        source["groups_sha256"] = list_digest([f"{clip.listed}\t{clip_group(clip)}"
+                                               for clip in lists.clips[split]])
+    return source
 
 
 def build_settings(lists: SplitLists, *, features: dict[str, Feature], augmenter: Augmenter | None,
@@ -119,8 +156,7 @@ def build_settings(lists: SplitLists, *, features: dict[str, Feature], augmenter
         "labels": list(lists.labels),
         "features": feature_settings,
         "augment": augment,
-        "sources": {split: {"count": len(lists.clips[split]), "sha256": list_digest(lists.listed(split))}
-                    for split in lists.clips},
+        "sources": {split: split_sources(lists, split, groups=has_groups(lists)) for split in lists.clips},
         "compression": compression,
     }
 
@@ -153,9 +189,11 @@ def process_clip(task: ClipTask, *, features: dict[str, Feature], augmenter: Aug
 
 def plan_layout(lists: SplitLists, *, versions: int) -> dict[str, SplitRows]:
     """Rows of each split: training clips get ``versions`` augmented copies, others none."""
+    groups = has_groups(lists)
     return {split: SplitRows(paths=tuple(c.listed for c in clips),
                              labels=tuple(lists.label_index(c.label) for c in clips),
-                             versions=versions if split == "train" else 0)
+                             versions=versions if split == "train" else 0,
+                             groups=tuple(clip_group(c) for c in clips) if groups else ())
             for split, clips in lists.clips.items()}
 
 
@@ -169,24 +207,108 @@ def plan_tasks(lists: SplitLists, pending: dict[str, dict[int, list[int]]], *, s
     return tasks
 
 
-def check_existing(out: Path, settings: dict, *, overwrite: bool) -> bool:
-    """True when ``out`` already holds this exact build; refuse a different one."""
+@dataclass(frozen=True)
+class Existing:
+    """What is at a cache's path and what a build does about it.
+
+    ``action`` is one of ``"up_to_date"`` (nothing to write), ``"build"`` (create or
+    resume ``.partial``), ``"replace"`` (``--overwrite``: start again; the old file
+    stays until the new one is finished), ``"resume_final"`` (an unfinished file at
+    the final path, resumed like a ``.partial``) or ``"retry"`` (``--retry-skipped``:
+    compute the skipped clips of a finished cache again, in place).
+    """
+    action: str
+    skipped: int = 0
+
+
+def plan_existing(out: Path, settings: dict, *, overwrite: bool, retry_skipped: bool = False) -> Existing:
+    """Decide what to do with what is at ``out``; refuse a file of other settings."""
     if not out.exists():
-        return False
+        return Existing("build")
     try:
-        old = read_settings(out)
-    except Exception as exc:
+        with h5py.File(out, "r", locking=False) as f:
+            root = read_root_attrs(f.attrs, path=out)
+            skipped = sum(int(((f[split]["status"][...] == STATUS_SKIPPED) & (f[split]["version"][...] == 0)).sum())
+                          for split in settings["sources"] if split in f)
+    except (OSError, RuntimeError, KeyError, CacheError) as exc:
         if overwrite:
-            return False
+            return Existing("replace")
+        if isinstance(exc, CacheError):  # it names the attribute and says to --overwrite
+            raise SettingsMismatch(f"{exc}, or choose another --out") from exc
         raise SettingsMismatch(f"{out} exists but is not a readable cache ({exc}); "
                                f"pass --overwrite to replace it, or choose another --out") from exc
-    if fingerprint(old) == fingerprint(settings):
-        return True
-    if overwrite:
-        return False
-    diff = "\n  ".join(describe_differences(old, settings))
-    raise SettingsMismatch(f"{out} was built with other settings:\n  {diff}\n"
-                           f"Pass --overwrite to replace it, or choose another --out.")
+    if fingerprint(root.settings) != fingerprint(settings):
+        if overwrite:
+            return Existing("replace")
+        diff = "\n  ".join(describe_differences(root.settings, settings))
+        raise SettingsMismatch(f"{out} was built with other settings:\n  {diff}\n"
+                               f"Pass --overwrite to replace it, or choose another --out.")
+    if not root.complete:
+        return Existing("replace" if overwrite else "resume_final")
+    if retry_skipped and skipped:
+        return Existing("retry", skipped=skipped)
+    return Existing("up_to_date", skipped=skipped)
+
+
+def check_build_numbers(*, sr, duration, jobs) -> None:
+    """Refuse a sample rate, clip duration or worker count no build can use, naming the flag."""
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration) \
+            or not 0 < duration <= MAX_DURATION_S:
+        raise UserError(f"--duration {duration}: must be a number of seconds per clip, > 0 and at most "
+                        f"{MAX_DURATION_S:g} (GTZAN clips are 30)")
+    low, high = SR_RANGE
+    if isinstance(sr, bool) or not isinstance(sr, int) or not low <= sr <= high:
+        raise UserError(f"--sr {sr}: must be a sample rate in Hz from {low} to {high} (GTZAN is 22050)")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
+        raise UserError(f"--jobs {jobs}: must be a number of workers from 1 to {MAX_JOBS}, e.g. the "
+                        f"number of cores ({os.cpu_count()})")
+
+
+def check_out_path(out) -> Path:
+    """The cache path, its folder created if missing; refuse one no build can write.
+
+    Raises UserError for a folder, a path under a file, a ``.partial`` name, or a
+    folder this process cannot create or write in.
+    """
+    out = Path(out).expanduser()
+    if out.name.endswith(PARTIAL_SUFFIX):
+        raise UserError(f"--out {out}: names ending in {PARTIAL_SUFFIX} are where unfinished builds live; "
+                        f"give the final name, e.g. --out {out.name.removesuffix(PARTIAL_SUFFIX)}")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give the cache file's path, e.g. --out {out / 'cache.h5'}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--out {out}: {parent} is a file, not a folder; choose another --out")
+            break
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write in its folder {out.parent} ({exc.strerror or exc}); "
+                        f"choose a folder you can write to") from exc
+    return out
+
+
+def check_labels(lists: SplitLists) -> None:
+    """Refuse lists of fewer than two genres; warn of genres the training list lacks."""
+    files = ", ".join(LIST_FILES.get(split, split) for split in lists.clips)
+    if len(lists.labels) < 2:
+        named = lists.labels[0] if lists.labels else "none"
+        raise UserError(f"the split lists ({files} in {lists.root}) name a single genre ({named}); a "
+                        f"classifier needs at least two: list clips of other genres too")
+    trained = {clip.label for clip in lists.clips.get("train", ())}
+    untrained = [label for label in lists.labels if label not in trained]
+    if untrained and "train" in lists.clips:
+        where = sorted({LIST_FILES.get(split, split) for split, clips in lists.clips.items()
+                        for clip in clips if clip.label in untrained})
+        print(f"WARNING: genre(s) {', '.join(untrained)} are in {', '.join(where)} but not in "
+              f"{LIST_FILES['train']}: a model trained on this cache never learns them, and each of "
+              f"their clips counts as an error in valid/test accuracy. Add training clips of "
+              f"{'those genres' if len(untrained) > 1 else 'that genre'} to {LIST_FILES['train']}",
+              file=sys.stderr, flush=True)
 
 
 def process_clip_single_threaded(task: ClipTask, **work) -> ClipResult:
@@ -233,11 +355,12 @@ def _worker_children():
 
 
 def _exit_with_parent() -> None:
-    """In a worker's child process: exit as soon as the worker is gone.
+    """In a worker process (a Dask worker's child, or a local loky worker): exit as soon
+    as the process that started it is gone.
 
-    A killed worker cannot stop its children, and a child blocked on handing back its
+    A killed process cannot stop its workers, and a worker blocked on handing back its
     last result would otherwise wait forever. The watching thread draws no random
-    numbers, so the child still has no thread that disturbs the augmenter.
+    numbers, so the worker still has no thread that disturbs the augmenter.
     """
     parent = os.getppid()
 
@@ -291,6 +414,7 @@ def run_tasks(tasks: list[ClipTask], *, jobs: int, features, augmenter, sr, dura
     if client is not None:
         yield from _run_on_dask(tasks, client=client, work=work)
         return
+    jobs = max(1, min(jobs, len(tasks)))  # a worker per clip at most
     if jobs == 1:
         # Single-threaded BLAS here too: a threaded matrix product sums in another order,
         # and the file must not depend on the worker count.
@@ -300,7 +424,10 @@ def run_tasks(tasks: list[ClipTask], *, jobs: int, features, augmenter, sr, dura
         return
     for name in WORKER_THREAD_ENV:
         os.environ.setdefault(name, "1")  # inherited by workers that start from now on
-    with joblib.parallel_config(backend="loky", inner_max_num_threads=1):
+    # Workers exit with this process even when it is killed outright (kill -9, the OOM
+    # killer), rather than idling for loky's five minutes; Ctrl-C and SIGTERM stop them
+    # at once (close_results).
+    with joblib.parallel_config(backend="loky", inner_max_num_threads=1, initializer=_exit_with_parent):
         parallel = joblib.Parallel(n_jobs=jobs, return_as="generator_unordered", pre_dispatch="2*n_jobs")
         yield from parallel(joblib.delayed(process_clip)(task, **work) for task in tasks)
 
@@ -331,6 +458,7 @@ class Engine:
     jobs: int
     client: object | None = None
     ran: bool = False
+    workers: int = 0  # local processes of the last run (0 on Dask)
 
     def check_data(self, lists: SplitLists) -> None:
         """Raise :class:`DataNotVisible` unless every worker can read every listed file."""
@@ -340,6 +468,8 @@ class Engine:
 
     def run(self, tasks: list[ClipTask], **work):
         self.ran = True
+        # A worker per clip at most; on a Dask cluster its worker threads decide.
+        self.workers = 0 if self.client is not None else max(1, min(self.jobs, len(tasks)))
         return run_tasks(tasks, jobs=self.jobs, client=self.client, **work)
 
 
@@ -368,8 +498,10 @@ def dask_engine(*, jobs: int, scheduler: str | None = None):
     cluster = None
     if scheduler is None:
         # One single-threaded worker process per job, as the loky backend has.
+        # Its workers' warnings are silenced: what matters reaches the user as the build's own
+        # errors (WorkersLost), and a stopped build would otherwise end in lines about cancelled tasks.
         cluster = distributed.LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
-                                           dashboard_address=None,
+                                           dashboard_address=None, silence_logs=logging.ERROR,
                                            env={name: "1" for name in WORKER_THREAD_ENV})
     try:
         with _connect(distributed, cluster if cluster is not None else scheduler) as client:
@@ -505,56 +637,129 @@ def build_engine(name: str, *, jobs: int, scheduler: str | None = None):
 
 def build(*, data, out, features: dict[str, Feature], augmenter: Augmenter | None = None,
           versions: int = 0, seed: int = 0, sr: int = 22050, duration: float = 30.0,
-          jobs: int = 1, compression: str = "none", overwrite: bool = False,
+          jobs: int = 1, compression: str = "none", overwrite: bool = False, retry_skipped: bool = False,
           progress: bool = True, backend: str = "loky", scheduler: str | None = None) -> BuildSummary:
     """Build (or resume, or confirm) the cache ``out`` from the GTZAN-style folder ``data``.
 
     ``backend`` is where the clips are computed (see :data:`BACKENDS`): ``"loky"``, or
     ``"dask"`` on the cluster at ``scheduler`` (a local one of ``jobs`` workers when
     None). The file is the same for every backend and worker count.
+
+    An unfinished build (``.partial``, or an unfinished file at ``out``) is resumed,
+    its skipped clips computed again; ``retry_skipped`` does that for a finished cache.
+    Whatever writes holds the cache's exclusive lock (``out.lock``); a cache found up
+    to date is checked under a shared one, beside trainings that read it.
+
+    Raises
+    ------
+    UserError
+        Every refusal: bad settings, unusable ``out``, a cache of other settings, a
+        cache in use (:class:`~common.locks.LockHeld`), a full disk
+        (:class:`~common.atomic.StorageError`), a split with no decodable clip.
     """
-    if versions < 0:
-        raise ValueError(f"augment={versions}: the number of augmented versions must be >= 0")
-    if versions and augmenter is None:
-        raise ValueError("augment > 0 needs an augmenter (pipeline.augment.build_augmenter)")
-    if not features:
-        raise ValueError("no features asked for; pass at least one, e.g. --features mel")
+    check_build_args(features=features, augmenter=augmenter, versions=versions, sr=sr, duration=duration,
+                     jobs=jobs, compression=compression)
     check_backend(backend, scheduler=scheduler)
     start = time.monotonic()
-    out = Path(out)
+    out = check_out_path(out)
     lists = read_split_lists(data)
+    check_labels(lists)
     settings = build_settings(lists, features=features, augmenter=augmenter, versions=versions,
                               seed=seed, sr=sr, duration=duration, compression=compression)
-    if check_existing(out, settings, overwrite=overwrite):
-        return BuildSummary(out=out, built_rows=0, augmented_rows=0, skipped=[], seconds=0.0,
-                            up_to_date=True)
-    partial = out.with_name(out.name + ".partial")
+    plan = dict(settings=settings, overwrite=overwrite, retry_skipped=retry_skipped)
+    # Looking needs only a shared lock, so a cache that is up to date stays usable by
+    # the trainings reading it; a build in progress (exclusive) makes this one stop.
+    with FileLock(out, shared=True, what="cache", hint="another build is writing it"):
+        existing = plan_existing(out, **plan)
+    if existing.action == "up_to_date":
+        return _up_to_date(out, existing)
+    with FileLock(out, what="cache", hint="trainings and evaluations hold it while they read the cache; "
+                                         "or build into another --out meanwhile"):
+        existing = plan_existing(out, **plan)  # it may have changed between the two locks
+        if existing.action == "up_to_date":
+            return _up_to_date(out, existing)
+        _prepare_partial(out, existing, overwrite=overwrite)
+        layout = plan_layout(lists, versions=versions)
+        n_samples = round(duration * sr)
+        shapes = {name: tuple(f.output_shape(n_samples)) for name, f in features.items()}
+        # No more workers than clips (a local Dask cluster starts them all up front).
+        jobs = min(jobs, sum(len(clips) for clips in lists.clips.values()))
+        if backend != "loky" or jobs > 1:
+            compile_librosa_kernels()
+        # Only now start workers (a cluster takes seconds) and check they see the data, before
+        # the .partial file is touched.
+        with build_engine(backend, jobs=jobs, scheduler=scheduler) as engine:
+            engine.check_data(lists)
+            with CacheWriter(out, settings=settings, layout=layout, shapes=shapes,
+                             compression=compression) as writer:
+                tasks = plan_tasks(lists, writer.pending(), seed=seed)
+                built, augmented = _write_results(
+                    writer, engine.run(tasks, features=features, augmenter=augmenter, sr=sr, duration=duration),
+                    lists=lists, total=len(tasks), progress=progress)
+                skipped = writer.skipped()
+                resumed = writer.resumed
+                writer.finish()
+    return BuildSummary(out=out, built_rows=built, augmented_rows=augmented, skipped=skipped,
+                        seconds=time.monotonic() - start, resumed=resumed, workers=engine.workers)
+
+
+def check_build_args(*, features, augmenter, versions, sr, duration, jobs, compression) -> None:
+    """Refuse arguments no build can use, before anything is read or written."""
+    if isinstance(versions, bool) or not isinstance(versions, int) or versions < 0:
+        raise UserError(f"--augment {versions}: the number of augmented versions must be an integer >= 0")
+    if versions and augmenter is None:
+        raise UserError("--augment > 0 needs an augmenter (pipeline.augment.build_augmenter)")
+    if not features:
+        raise UserError("no features asked for; pass at least one, e.g. --features mel")
+    if compression not in COMPRESSIONS:
+        raise UserError(f"--compression {compression}: choose one of {', '.join(COMPRESSIONS)}")
+    check_build_numbers(sr=sr, duration=duration, jobs=jobs)
+
+
+def _up_to_date(out: Path, existing: Existing) -> BuildSummary:
+    return BuildSummary(out=out, built_rows=0, augmented_rows=0, skipped=[], seconds=0.0, up_to_date=True,
+                        skipped_before=existing.skipped)
+
+
+def _prepare_partial(out: Path, existing: Existing, *, overwrite: bool) -> None:
+    """Under the exclusive lock: clear or set up ``.partial`` for what ``existing`` asks."""
+    partial = partial_path(out)
     if overwrite and partial.exists():
         partial.unlink()
-    layout = plan_layout(lists, versions=versions)
-    n_samples = round(duration * sr)
-    shapes = {name: tuple(f.output_shape(n_samples)) for name, f in features.items()}
+    if existing.action not in ("resume_final", "retry"):
+        return
+    if partial.exists():
+        state = "is an unfinished build" if existing.action == "resume_final" else "is a finished cache"
+        raise CacheError(f"{out} {state} and {partial} exists too, so it cannot be worked on in place: "
+                         f"delete the one you do not want, or pass --overwrite to start again")
+    # Renamed, not copied: the rows stay where they are, and a kill from here on leaves a
+    # .partial that the same command resumes.
+    os.replace(out, partial)
+
+
+def _write_results(writer: CacheWriter, results, *, lists: SplitLists, total: int,
+                   progress: bool) -> tuple[int, int]:
+    """Feed the workers' results to the writer; return (rows built, augmented rows)."""
     built = augmented = 0
-    if backend != "loky" or jobs > 1:
-        compile_librosa_kernels()
-    # Only now start workers (a cluster takes seconds) and check they see the data, before
-    # the .partial file is touched.
-    with build_engine(backend, jobs=jobs, scheduler=scheduler) as engine:
-        engine.check_data(lists)
-        with CacheWriter(out, settings=settings, layout=layout, shapes=shapes,
-                         compression=compression) as writer:
-            tasks = plan_tasks(lists, writer.pending(), seed=seed)
-            results = engine.run(tasks, features=features, augmenter=augmenter, sr=sr, duration=duration)
-            for result in tqdm(results, total=len(tasks), unit="clip", desc=f"building {out.name}",
-                               disable=not progress, file=sys.stderr):
-                writer.write_clip(result)
-                if result.error is not None:
-                    tqdm.write(f"skipped {lists.clips[result.split][result.clip].path}: {result.error}",
-                               file=sys.stderr)
+    try:
+        for result in tqdm(results, total=total, unit="clip", desc=f"building {writer.out.name}",
+                           disable=not progress, file=sys.stderr):
+            writer.write_clip(result)
+            if result.error is not None:
+                tqdm.write(f"skipped {lists.clips[result.split][result.clip].path}: {result.error}",
+                           file=sys.stderr)
+            else:
                 built += len(result.rows)
                 augmented += sum(row.version > 0 for row in result.rows)
-            skipped = writer.skipped()
-            resumed = writer.resumed
-            writer.finish()
-    return BuildSummary(out=out, built_rows=built, augmented_rows=augmented, skipped=skipped,
-                        seconds=time.monotonic() - start, resumed=resumed)
+    finally:
+        close_results(results)
+    return built, augmented
+
+
+def close_results(results) -> None:
+    """Close a results generator now, which stops its workers (loky kills them), rather
+    than whenever it is collected; without joblib's warning about cancelled tasks,
+    which an interrupted build expects."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*tasks .*(used|cancelled)", category=UserWarning)
+        results.close()

@@ -10,9 +10,23 @@ One file holds every feature of every split::
         clip     (rows,)      int32  index of the source clip in the split list
         version  (rows,)      int16  0 = original audio, 1..K = augmented copy
         augment  (rows,)      str    JSON of the effects applied ("" for version 0)
-        flags    (rows,)      str    loader flags, e.g. "padded,short" ("" when none)
+        flags    (rows,)      str    loader flags, e.g. "padded,short" ("" when none), or
+                                     "skipped: <why>"
         status   (rows,)      int8   0 pending, 1 done, -1 skipped (undecodable source)
+        group    (rows,)      str    the clip's group (e.g. its track) from tracks.tsv, "" if none
+        checksum (rows,)      uint32 CRC-32 of the row's feature bytes (features by name), 0 if not done
         features/<name>  (rows, *shape)  float32 little-endian, one row per chunk
+
+``augment`` and ``flags`` are the only fields written row by row with text; the
+writer stores them as fixed-length UTF-8 (:data:`FIXED_TEXT_BYTES`), so that writing a
+row never grows HDF5's string heap: once the file's blocks are reserved, nothing the
+build writes needs more disk. Files written before hold them as variable-length
+strings; readers take both.
+
+``group`` and ``checksum`` came later in format 1: files written before lack them, a
+reader sees every ``group`` as "" (:data:`OPTIONAL_ROW_FIELDS`), and the writer adds
+both when it resumes such a file. A resumed build recomputes every row marked done
+whose bytes no longer match its checksum (a disk that filled up, a damaged copy).
 
 Row ``clip * (versions + 1) + version`` belongs to that clip and version, so where a
 row lands does not depend on which worker finished first: a resumed or parallel
@@ -21,7 +35,9 @@ build gives the same file as a serial one.
 Feature datasets are allocated at creation (``H5D_ALLOC_TIME_EARLY``): every chunk
 has a file offset from the start, so a reader can memory-map rows of a file whose
 skipped rows were never written, and writing data never changes file metadata
-(which is what makes a SIGKILL mid-build survivable).
+(which is what makes a SIGKILL mid-build survivable). The writer then reserves the
+file's blocks (``posix_fallocate``), so a disk that fills up later cannot fail a data
+write half-way.
 
 Only plain numeric types and variable-length UTF-8 strings are used, with the
 default libver, so Debian's HDF5 1.10 tools (``h5ls -r``, ``h5dump -A``) read it all.
@@ -30,9 +46,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
+
+from common.errors import UserError
 
 FORMAT_VERSION = 1
 FEATURE_GROUP = "features"
@@ -53,7 +73,143 @@ ROW_FIELDS = {
     "status": np.dtype("i1"),
 }
 
+# Bytes of the row fields the writer fills in row by row (stored as fixed-length UTF-8).
+# The longest augmentation record of all five effects is about 900 bytes.
+FIXED_TEXT_BYTES = {"augment": 2048, "flags": 1024}
+
+# Row fields added after the first files of format 1 -> (dtype, value of a file without them).
+OPTIONAL_ROW_FIELDS = {
+    "group": (h5py.string_dtype(), ""),
+}
+# The writer's own per-row field; readers do not need it.
+CHECKSUM_FIELD = "checksum"
+CHECKSUM_DTYPE = np.dtype("<u4")
+
 COMPRESSIONS = ("none", "gzip")
+
+# Root attributes the writer always sets; a file without them is not a cache.
+REQUIRED_ATTRS = ("format_version", "complete", "fingerprint", "settings", "labels", "sample_rate")
+REBUILD_HINT = "rebuild it with build_cache.py --overwrite"
+
+
+class CacheError(UserError):
+    """A cache file that cannot be used as asked; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class RootAttrs:
+    """The root attributes every cache has, checked for type.
+
+    Attributes
+    ----------
+    format_version : int
+    complete : bool
+        True once every row is done or skipped and the file has its final name.
+    fingerprint : str
+    settings : dict
+        Parsed from the ``settings`` JSON attribute.
+    labels : list of str
+        Parsed from the ``labels`` JSON attribute.
+    sample_rate : int
+    """
+    format_version: int
+    complete: bool
+    fingerprint: str
+    settings: dict
+    labels: list
+    sample_rate: int
+
+
+def _bad_attr(path, key: str, value, expected: str) -> CacheError:
+    shown = repr(value if not isinstance(value, bytes) else value.decode("utf-8", "replace"))
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return CacheError(f"cache {path}: its root attribute {key!r} is {shown}, not {expected}, so the "
+                      f"file is damaged or was edited; {REBUILD_HINT}")
+
+
+def _int_attr(attrs, key: str, path, *, expected: str = "an integer") -> int:
+    value = attrs[key]
+    if isinstance(value, np.ndarray) and value.shape in ((), (1,)):
+        value = value.reshape(()).item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise _bad_attr(path, key, value, expected)
+    return int(value)
+
+
+def _text_attr(attrs, key: str, path) -> str:
+    value = attrs[key]
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _bad_attr(path, key, value, "UTF-8 text") from None
+    if not isinstance(value, str):
+        raise _bad_attr(path, key, value, "text")
+    return value
+
+
+def _json_attr(attrs, key: str, path, *, kind: type, expected: str):
+    text = _text_attr(attrs, key, path)
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise _bad_attr(path, key, text, expected) from None
+    if not isinstance(value, kind):
+        raise _bad_attr(path, key, text, expected)
+    return value
+
+
+def read_root_attrs(attrs, *, path) -> RootAttrs:
+    """The checked root attributes of a cache file (``attrs``: its ``f.attrs`` or a dict).
+
+    Raises
+    ------
+    CacheError
+        Naming the first attribute that is missing or of the wrong type.
+
+    Examples
+    --------
+    >>> attrs = {"format_version": 1, "complete": "yes", "fingerprint": "0", "settings": "{}",
+    ...          "labels": "[]", "sample_rate": 22050}
+    >>> try:
+    ...     read_root_attrs(attrs, path="c.h5")
+    ... except CacheError as exc:
+    ...     print(str(exc)[:62])
+    cache c.h5: its root attribute 'complete' is 'yes', not 0 or 1
+    """
+    missing = [key for key in REQUIRED_ATTRS if key not in attrs]
+    if missing:
+        raise CacheError(f"{path} is not a feature cache (missing root attributes {missing}); "
+                         f"build one with build_cache.py")
+    version = _int_attr(attrs, "format_version", path)
+    flag = attrs["complete"]
+    complete = int(flag) if isinstance(flag, (bool, np.bool_)) else \
+        _int_attr(attrs, "complete", path, expected="0 or 1")
+    if complete not in (0, 1):
+        raise _bad_attr(path, "complete", attrs["complete"], "0 or 1")
+    labels = _json_attr(attrs, "labels", path, kind=list, expected="a JSON list of genre names")
+    if not all(isinstance(label, str) for label in labels):
+        raise _bad_attr(path, "labels", attrs["labels"], "a JSON list of genre names")
+    sample_rate = _int_attr(attrs, "sample_rate", path, expected="a positive integer")
+    if sample_rate <= 0:
+        raise _bad_attr(path, "sample_rate", attrs["sample_rate"], "a positive integer")
+    return RootAttrs(format_version=version, complete=bool(complete),
+                     fingerprint=_text_attr(attrs, "fingerprint", path),
+                     settings=_json_attr(attrs, "settings", path, kind=dict, expected="a JSON object"),
+                     labels=labels, sample_rate=sample_rate)
+
+
+def row_checksum(features: dict[str, np.ndarray]) -> int:
+    """CRC-32 of one row's feature values as stored (``<f4``), features in name order.
+
+    >>> row_checksum({"mel": np.zeros(3, "<f4")}) == row_checksum({"mel": np.zeros(3)})
+    True
+    """
+    crc = 0
+    for name in sorted(features):
+        crc = zlib.crc32(np.ascontiguousarray(features[name], dtype=FEATURE_DTYPE).data, crc)
+    return crc
 
 
 def canonical_json(value) -> str:
@@ -92,7 +248,7 @@ def create_feature_dataset(group: h5py.Group, name: str, *, rows: int, shape: tu
     Uncompressed datasets get every chunk allocated up front (see module doc).
     """
     if compression not in COMPRESSIONS:
-        raise ValueError(f"compression={compression!r} is not one of {COMPRESSIONS}")
+        raise UserError(f"compression={compression!r} is not one of {COMPRESSIONS}")
     chunks = (1, *shape)
     if compression == "gzip":
         return group.create_dataset(name, shape=(rows, *shape), dtype=FEATURE_DTYPE, chunks=chunks,

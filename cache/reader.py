@@ -17,7 +17,6 @@ maps or opens the file itself on first use.
 """
 from __future__ import annotations
 
-import json
 import os
 import weakref
 from pathlib import Path
@@ -26,17 +25,12 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from cache.format import (FEATURE_DTYPE, FORMAT_VERSION, ROW_FIELDS, STATUS_DONE, data_fingerprint,
-                          feature_path, fingerprint)
+from cache.format import (FEATURE_DTYPE, FORMAT_VERSION, OPTIONAL_ROW_FIELDS, REQUIRED_ATTRS,  # noqa: F401
+                          ROW_FIELDS, STATUS_DONE, CacheError, data_fingerprint, feature_path,
+                          fingerprint, read_root_attrs)
 
 PARTIAL_SUFFIX = ".partial"
 SPLIT_ORDER = ("train", "valid", "test")
-# Root attributes the writer always sets; a file without them is not a cache.
-REQUIRED_ATTRS = ("format_version", "complete", "fingerprint", "settings", "labels", "sample_rate")
-
-
-class CacheError(ValueError):
-    """A cache file that cannot be used as asked; the message says how to fix it."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -275,8 +269,10 @@ BACKEND_CHOICES = ("auto", *ARRAY_BACKENDS)
 # the cache
 
 
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+def _read_field(dset: h5py.Dataset, dtype) -> np.ndarray:
+    if h5py.check_string_dtype(dtype) is not None:
+        return np.asarray(dset.asstr()[()], dtype=str)
+    return dset[()]
 
 
 class FeatureCache:
@@ -332,20 +328,20 @@ class FeatureCache:
         self.path = Path(path)
         self._check_exists()
         attrs, splits = self._read_root()
-        self._check_attrs(attrs)
-        self.settings: dict = json.loads(_text(attrs["settings"]))
-        self.fingerprint: str = _text(attrs["fingerprint"])
+        root = self._check_attrs(attrs)
+        self.settings: dict = root.settings
+        self.fingerprint: str = root.fingerprint
         if fingerprint(self.settings) != self.fingerprint:
             raise CacheError(
                 f"cache {self.path}: its settings do not match its stored fingerprint, so the "
                 f"file was edited or is corrupt; rebuild it with build_cache.py --overwrite")
         self.data_fingerprint: str = data_fingerprint(self.settings)
-        self.labels: tuple[str, ...] = tuple(json.loads(_text(attrs["labels"])))
+        self.labels: tuple[str, ...] = tuple(root.labels)
         if "labels" in self.settings and tuple(self.settings["labels"]) != self.labels:
             raise CacheError(f"cache {self.path}: the labels attribute {list(self.labels)} "
                              f"differs from the settings' labels {self.settings['labels']} "
                              f"(corrupt file); rebuild it with build_cache.py --overwrite")
-        self.sample_rate: int = int(attrs["sample_rate"])
+        self.sample_rate: int = root.sample_rate
         self.features: tuple[str, ...] = tuple(self.settings.get("features", {}))
         self.splits: tuple[str, ...] = splits
         self.attrs: dict = {key: attrs[key] for key in attrs}
@@ -381,22 +377,21 @@ class FeatureCache:
         known = [s for s in SPLIT_ORDER if s in groups]
         return attrs, tuple(known + sorted(set(groups) - set(known)))
 
-    def _check_attrs(self, attrs: dict) -> None:
-        missing = [key for key in REQUIRED_ATTRS if key not in attrs]
-        if missing:
-            raise CacheError(f"{self.path} is not a feature cache (missing root attributes "
-                             f"{missing}); build one with build_cache.py")
-        version = int(attrs["format_version"])
+    def _check_attrs(self, attrs: dict):
+        root = read_root_attrs(attrs, path=self.path)
+        version = root.format_version
         if version != FORMAT_VERSION:
             age = "an older" if version < FORMAT_VERSION else "a newer"
             raise CacheError(
                 f"cache {self.path} uses {age} format (version {version}; this code reads "
                 f"version {FORMAT_VERSION}); rebuild it with build_cache.py --overwrite"
                 + ("" if version < FORMAT_VERSION else " or update this code"))
-        if int(attrs["complete"]) != 1:
+        if not root.complete:
+            # build_cache.py resumes an unfinished file at the final path as it does a .partial.
             raise CacheError(
                 f"cache {self.path} is an unfinished build (complete=0); re-run the same "
-                f"build_cache.py command to resume it")
+                f"build_cache.py command to resume it, or add --overwrite to start it again")
+        return root
 
     def _check_expectations(self, expect_fingerprint, expect_labels) -> None:
         if expect_fingerprint is not None and expect_fingerprint != self.fingerprint:
@@ -427,7 +422,9 @@ class FeatureCache:
 
     def rows(self, split: str) -> dict[str, np.ndarray]:
         """Row metadata of a split: ``{field: (rows,) array}`` for every field of
-        ``cache.format.ROW_FIELDS``; strings come back as ``str`` arrays.
+        ``cache.format.ROW_FIELDS`` and ``OPTIONAL_ROW_FIELDS``; strings come back as
+        ``str`` arrays. A file written before an optional field existed gives its
+        default for every row (``group``: "").
 
         The arrays are read once and cached; do not modify them.
         """
@@ -445,11 +442,11 @@ class FeatureCache:
                     raise CacheError(f"cache {self.path}: split {split!r} lacks the {name!r} "
                                      f"dataset (corrupt file); rebuild with build_cache.py "
                                      f"--overwrite")
-                dset = group[name]
-                if h5py.check_string_dtype(dtype) is not None:
-                    out[name] = np.asarray(dset.asstr()[()], dtype=str)
-                else:
-                    out[name] = dset[()]
+                out[name] = _read_field(group[name], dtype)
+            n_rows = len(out["status"])
+            for name, (dtype, default) in OPTIONAL_ROW_FIELDS.items():
+                out[name] = _read_field(group[name], dtype) if name in group else \
+                    np.full(n_rows, default, dtype=str if isinstance(default, str) else dtype)
         return out
 
     def done_rows(self, split: str) -> np.ndarray:
@@ -474,7 +471,7 @@ class FeatureCache:
             ``.row(i)`` / ``.crop(i, start, stop)``.
         """
         if backend not in BACKEND_CHOICES:
-            raise ValueError(f"backend={backend!r} is not one of {BACKEND_CHOICES}")
+            raise CacheError(f"backend={backend!r} is not one of {BACKEND_CHOICES}")
         self.feature_settings(feature)
         self._check_split(split)
         name = feature_path(split, feature)
@@ -531,7 +528,7 @@ def build_array(backend: str, path, **kwargs):
     (dataset path) and ``shape=`` (of the whole dataset).
     """
     if backend not in ARRAY_BACKENDS:
-        raise ValueError(f"array backend {backend!r} is not one of {tuple(ARRAY_BACKENDS)}")
+        raise CacheError(f"array backend {backend!r} is not one of {tuple(ARRAY_BACKENDS)}")
     return ARRAY_BACKENDS[backend](path, **kwargs)
 
 

@@ -20,6 +20,8 @@ import librosa
 import numpy as np
 import soundfile as sf
 
+from common.errors import UserError
+
 DEFAULT_SR = 22050
 DEFAULT_DURATION = 30.0
 
@@ -32,8 +34,12 @@ _HINT = ("Hint: check that the file is a complete audio file (try playing it); "
          "re-download or re-convert it, or remove it from the split list.")
 
 
-class AudioLoadError(RuntimeError):
-    """An audio file could not be read; the message names the file and the reason."""
+class AudioLoadError(UserError, RuntimeError):
+    """An audio file could not be read; the message names the file and the reason.
+
+    A :class:`~common.errors.UserError` (the file is missing or damaged), and still a
+    RuntimeError for callers that catch it as one.
+    """
 
 
 @dataclass(frozen=True)
@@ -126,8 +132,8 @@ def load_audio(path, *, sr=DEFAULT_SR, duration=DEFAULT_DURATION, short_fraction
     ------
     AudioLoadError
         If the file is missing, empty, undecodable, has no samples or non-finite samples.
-    ValueError
-        If a setting is out of range.
+    UserError
+        If a setting is out of range (a ValueError, as before).
 
     Examples
     --------
@@ -171,19 +177,19 @@ def load_audio(path, *, sr=DEFAULT_SR, duration=DEFAULT_DURATION, short_fraction
 
 
 def _check_settings(*, sr, duration, short_fraction, silence_db) -> tuple[int, float | None]:
-    """Validated ``(sr, duration)``; ValueError naming the bad value otherwise."""
+    """Validated ``(sr, duration)``; a UserError (a ValueError) naming the bad value otherwise."""
     if isinstance(sr, bool) or not isinstance(sr, (int, float, np.number)) \
             or not math.isfinite(sr) or sr <= 0 or int(sr) != sr:
-        raise ValueError(f"sr must be a positive integer sample rate in Hz, got {sr!r}")
+        raise UserError(f"sr must be a positive integer sample rate in Hz, got {sr!r}")
     if duration is not None and (isinstance(duration, bool)
                                  or not isinstance(duration, (int, float, np.number))
                                  or not math.isfinite(duration) or duration <= 0):
-        raise ValueError(f"duration must be a positive number of seconds (or None for the whole "
-                         f"file), got {duration!r}")
+        raise UserError(f"duration must be a positive number of seconds (or None for the whole "
+                        f"file), got {duration!r}")
     if not 0 <= short_fraction <= 1:
-        raise ValueError(f"short_fraction must be between 0 and 1, got {short_fraction!r}")
+        raise UserError(f"short_fraction must be between 0 and 1, got {short_fraction!r}")
     if not (math.isfinite(silence_db) and silence_db <= 0):
-        raise ValueError(f"silence_db must be a finite level in dBFS (<= 0), got {silence_db!r}")
+        raise UserError(f"silence_db must be a finite level in dBFS (<= 0), got {silence_db!r}")
     return int(sr), None if duration is None else float(duration)
 
 

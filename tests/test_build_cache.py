@@ -99,9 +99,14 @@ def test_h5ls_lists_every_dataset(tiny_cache):
     for split in ("train", "valid", "test"):
         for name in FEATURES:
             assert re.search(rf"^/{split}/features/{name}\s+Dataset", listing, re.M), listing
-        assert re.search(rf"^/{split}/path\s+Dataset", listing, re.M)
+        for field in ("path", "flags", "augment", "group", "checksum"):
+            assert re.search(rf"^/{split}/{field}\s+Dataset", listing, re.M), field
     attrs = subprocess.run(["h5dump", "-A", str(tiny_cache)], capture_output=True, text=True, check=True).stdout
     assert "fingerprint" in attrs and "settings" in attrs
+    # Row text is fixed-length UTF-8, which the HDF5 1.10 tools print as such.
+    flags = subprocess.run(["h5dump", "-d", "/train/flags", str(tiny_cache)], capture_output=True, text=True,
+                           check=True).stdout
+    assert "H5T_CSET_UTF8" in flags and 'DATA {' in flags
 
 
 def test_same_file_whatever_the_worker_count(tiny_gtzan, tmp_path):

@@ -9,8 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from cache.format import (FORMAT_VERSION, ROW_FIELDS, STATUS_DONE, STATUS_SKIPPED, canonical_json,
-                          create_feature_dataset, feature_path, fingerprint)
+from cache.format import (FORMAT_VERSION, OPTIONAL_ROW_FIELDS, ROW_FIELDS, STATUS_DONE, STATUS_SKIPPED,
+                          canonical_json, create_feature_dataset, feature_path, fingerprint)
 from cache.reader import CacheError, FeatureCache, H5Array, MemmapArray
 
 LABELS = ("blues", "jazz", "rock")
@@ -124,7 +124,9 @@ def test_metadata(plain):
     assert cache.sample_rate == SAMPLE_RATE
     assert cache.feature_settings("mel")["kind"] == "spectrogram"
     rows = cache.rows("train")
-    assert set(rows) == set(ROW_FIELDS)
+    # Files written before the optional fields existed (as write_cache does) read with defaults.
+    assert set(rows) == set(ROW_FIELDS) | set(OPTIONAL_ROW_FIELDS)
+    assert rows["group"].tolist() == [""] * len(rows["status"])
     for name, expected in written["train"]["rows"].items():
         np.testing.assert_array_equal(rows[name], expected)
     assert rows["path"].dtype.kind == "U" and rows["augment"].dtype.kind == "U"
