@@ -23,7 +23,6 @@ from common.errors import UserError
 from pipeline.audio import DEFAULT_DURATION, DEFAULT_SR
 from pipeline.augment import DEFAULT_EFFECTS, build_augmenter, parse_effect_names
 from pipeline.features import build_feature, feature_settings_defaults, parse_feature_names
-from pipeline.splits import SplitListError
 
 DEFAULT_DATA = "gtzan"
 DEFAULT_CACHE = "cache.h5"
@@ -40,11 +39,6 @@ SHARED_FEATURE_FLAGS = {
     "n_chroma": "n_chroma",
     "cqt_bins": "n_bins",
 }
-
-
-class SplitListUserError(SplitListError, UserError):
-    """A SplitListError that common.cli prints as one line, where pipeline.splits' own
-    class does not derive from UserError yet."""
 
 
 def default_jobs() -> int:
@@ -177,17 +171,12 @@ def make_augmenter(args):
 
 def main(args) -> "BuildSummary":
     check_build_numbers(sr=args.sr, duration=args.duration, jobs=args.jobs)
-    try:
-        summary = build(data=args.data, out=args.out, features=make_features(args),
-                        augmenter=make_augmenter(args), versions=args.augment, seed=args.seed,
-                        sr=args.sr, duration=args.duration, jobs=args.jobs,
-                        compression=args.compression, overwrite=args.overwrite,
-                        retry_skipped=args.retry_skipped, progress=not args.no_progress,
-                        backend=args.backend, scheduler=args.scheduler)
-    except SplitListError as exc:
-        if isinstance(exc, UserError):
-            raise
-        raise SplitListUserError(str(exc)) from exc
+    summary = build(data=args.data, out=args.out, features=make_features(args),
+                    augmenter=make_augmenter(args), versions=args.augment, seed=args.seed,
+                    sr=args.sr, duration=args.duration, jobs=args.jobs,
+                    compression=args.compression, overwrite=args.overwrite,
+                    retry_skipped=args.retry_skipped, progress=not args.no_progress,
+                    backend=args.backend, scheduler=args.scheduler)
     print(summary.describe())
     if summary.skipped:
         print(f"{len(summary.skipped)} source files were skipped: they could not be decoded, or gave "
