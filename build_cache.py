@@ -20,6 +20,7 @@ import sys
 from cache.build import BACKENDS, RETRY_FLAG, build, check_build_numbers
 from common.cli import run
 from common.errors import UserError
+from common.settings import parse_value
 from pipeline.audio import DEFAULT_DURATION, DEFAULT_SR
 from pipeline.augment import DEFAULT_EFFECTS, build_augmenter, parse_effect_names
 from pipeline.features import build_feature, feature_settings_defaults, parse_feature_names
@@ -104,18 +105,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     a.add_argument("--eq-gain-db", type=float, default=6.0, help=f"seven-band EQ gain range +- dB {fmt}")
     a.add_argument("--gain-db", type=float, default=6.0, help=f"overall gain range +- dB {fmt}")
     return p
-
-
-def parse_value(text: str):
-    """'8000' -> 8000, '0.5' -> 0.5, 'none' -> None, anything else stays text."""
-    if text.lower() in ("none", "null"):
-        return None
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return text
 
 
 def feature_overrides(args, names: list[str]) -> dict[str, dict]:

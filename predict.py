@@ -5,7 +5,7 @@
 
 Each file (wav, au, flac, ogg, mp3; any sample rate, mono or stereo, any length of at
 least one segment) is decoded and turned into the checkpoint's feature by the cache
-build's own code (``cache.build.process_clip``), normalised with the checkpoint's
+build's own code (``pipeline.clip.process_clip``), normalised with the checkpoint's
 statistics and cut into the evaluation segments training used. The segment
 probabilities are averaged per file, then over the checkpoints of an ensemble.
 Folders are walked for audio files. A file that cannot be classified gets an error
@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cache.build import ClipTask, process_clip
+from pipeline.clip import ClipTask, process_clip
 from cache.dataset import eval_hop_frames, segment_starts
+from cache.format import feature_arguments
 from common.cli import run
 from common.errors import UserError
 from models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
@@ -34,8 +35,6 @@ from pipeline.audio import AudioLoadError
 from pipeline.features import Feature, build_feature
 
 AUDIO_SUFFIXES = (".wav", ".au", ".flac", ".ogg", ".mp3")
-# Keys the cache adds to a feature's settings to describe its rows; not Feature arguments.
-CACHE_ONLY_SETTINGS = ("kind", "frames_per_second", "shape")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -95,7 +94,7 @@ class Member:
 def feature_from_checkpoint(ckpt: dict, path) -> Feature:
     """Rebuild the feature a checkpoint was trained on from its stored settings."""
     stored = ckpt["feature_settings"]
-    settings = {k: v for k, v in stored.items() if k not in CACHE_ONLY_SETTINGS}
+    settings = feature_arguments(stored)
     try:
         feature = build_feature(ckpt["feature"], **settings)
     except (TypeError, ValueError) as exc:

@@ -31,14 +31,15 @@ import joblib
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from cache.format import COMPRESSIONS, FORMAT_VERSION, STATUS_SKIPPED, CacheError, fingerprint, read_root_attrs
-from cache.writer import PARTIAL_SUFFIX, CacheWriter, ClipResult, RowResult, SettingsMismatch, SplitRows, \
-    describe_differences, partial_path
+from cache.format import (COMPRESSIONS, FORMAT_VERSION, STATUS_SKIPPED, CacheError, describe_feature, fingerprint,
+                          read_root_attrs)
+from cache.writer import PARTIAL_SUFFIX, CacheWriter, SettingsMismatch, SplitRows, describe_differences, \
+    partial_path
 from common.errors import UserError
 from common.locks import FileLock
-from pipeline.audio import AudioLoadError, load_audio
-from pipeline.augment import Augmenter, augment_seed
-from pipeline.features import Feature, compute_features
+from pipeline.augment import Augmenter
+from pipeline.clip import ClipResult, ClipTask, process_clip
+from pipeline.features import Feature
 from pipeline.splits import LIST_FILES, SplitLists, read_split_lists
 
 # Decoding, resampling and STFTs each want every core; with one clip per worker that
@@ -73,17 +74,6 @@ class DataNotVisible(BackendError):
 
 class WorkersLost(UserError):
     """Dask workers died while computing clips; the finished rows are kept for a resume."""
-
-
-@dataclass(frozen=True)
-class ClipTask:
-    """One unit of work: a source clip and which of its versions to compute."""
-    split: str
-    clip: int
-    listed: str
-    path: str
-    versions: tuple[int, ...]
-    seed: int
 
 
 @dataclass
@@ -143,9 +133,9 @@ def build_settings(lists: SplitLists, *, features: dict[str, Feature], augmenter
     n_samples = round(duration * sr)
     feature_settings = {}
     for name, feature in features.items():
-        feature_settings[name] = {**feature.settings, "kind": feature.kind,
-                                  "frames_per_second": feature.frames_per_second,
-                                  "shape": list(feature.output_shape(n_samples))}
+        feature_settings[name] = describe_feature(feature.settings, kind=feature.kind,
+                                                  frames_per_second=feature.frames_per_second,
+                                                  shape=feature.output_shape(n_samples))
     augment = {"versions": versions, "splits": ["train"]}
     if versions:
         augment.update(seed=seed, **augmenter.settings)
@@ -159,32 +149,6 @@ def build_settings(lists: SplitLists, *, features: dict[str, Feature], augmenter
         "sources": {split: split_sources(lists, split, groups=has_groups(lists)) for split in lists.clips},
         "compression": compression,
     }
-
-
-def process_clip(task: ClipTask, *, features: dict[str, Feature], augmenter: Augmenter | None,
-                 sr: int, duration: float) -> ClipResult:
-    """Decode one clip once and compute every feature of each requested version.
-
-    Runs in a worker. A file that cannot be decoded comes back as an error, never as
-    zeros.
-    """
-    result = ClipResult(split=task.split, clip=task.clip)
-    try:
-        audio = load_audio(task.path, sr=sr, duration=duration)
-    except AudioLoadError as exc:
-        result.error = str(exc)
-        return result
-    for version in task.versions:
-        samples, applied = audio.samples, {}
-        if version > 0:
-            samples, applied = augmenter(audio.samples,
-                                         seed=augment_seed(task.seed, task.listed, version))
-        result.rows.append(RowResult(
-            version=version,
-            features=compute_features(features, samples),
-            augment=applied,
-            flags=audio.flags))
-    return result
 
 
 def plan_layout(lists: SplitLists, *, versions: int) -> dict[str, SplitRows]:

@@ -217,6 +217,30 @@ def canonical_json(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+# What the cache adds to a feature's own settings (its constructor's arguments) to
+# describe the rows it stored: readers need them without rebuilding the feature.
+DESCRIPTION_KEYS = ("kind", "frames_per_second", "shape")
+
+
+def describe_feature(settings: dict, *, kind: str, frames_per_second: float, shape) -> dict:
+    """A feature's entry in the cache's settings: its own settings plus the row description.
+
+    >>> describe_feature({"sr": 22050, "hop_length": 512}, kind="spectrogram",
+    ...                  frames_per_second=43.07, shape=(128, 1292))["shape"]
+    [128, 1292]
+    """
+    return {**settings, "kind": kind, "frames_per_second": frames_per_second, "shape": list(shape)}
+
+
+def feature_arguments(stored: dict) -> dict:
+    """The feature's own settings from its stored entry (the inverse of :func:`describe_feature`).
+
+    >>> feature_arguments({"sr": 22050, "kind": "waveform", "frames_per_second": 22050.0, "shape": [5]})
+    {'sr': 22050}
+    """
+    return {key: value for key, value in stored.items() if key not in DESCRIPTION_KEYS}
+
+
 def fingerprint(settings: dict) -> str:
     """SHA-256 (hex) of the canonical JSON of a cache's settings.
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import h5py
 
-from cache.format import (FEATURE_GROUP, STATUS_DONE, STATUS_PENDING, STATUS_SKIPPED, CacheError,
+from cache.format import (FEATURE_GROUP, feature_arguments, STATUS_DONE, STATUS_PENDING, STATUS_SKIPPED, CacheError,
                           read_root_attrs)
 from cache.writer import partial_path
 from common.cli import run
@@ -83,7 +83,7 @@ def _describe(f: h5py.File, path: Path) -> list[str]:
     lines.append("features:")
     for name, feature in settings["features"].items():
         dset = f[splits[0]][FEATURE_GROUP][name] if splits else None
-        others = {k: v for k, v in feature.items() if k not in ("kind", "shape", "frames_per_second")}
+        others = feature_arguments(feature)
         shape = tuple(dset.shape[1:]) if dset is not None else tuple(feature.get("shape", ()))
         lines.append(f"  {name:<7} {feature.get('kind')}, row shape {shape}, "
                      f"{feature.get('frames_per_second', 0):.2f} frames/s, "

@@ -37,6 +37,7 @@ from cache.format import (CHECKSUM_DTYPE, CHECKSUM_FIELD, FEATURE_DTYPE, FIXED_T
                           CacheError, canonical_json, create_feature_dataset, fingerprint, read_root_attrs,
                           row_checksum)
 from common.atomic import STORAGE_ERRNOS, StorageError
+from pipeline.clip import ClipResult, RowResult, non_finite_reason  # to go: the writer should take arrays
 
 # A string attribute must stay under HDF5's 64 KiB limit for the default libver.
 MAX_SKIPPED_IN_ATTRS = 200
@@ -70,24 +71,6 @@ class SplitRows:
 
     def row(self, clip: int, version: int) -> int:
         return clip * (self.versions + 1) + version
-
-
-@dataclass
-class RowResult:
-    """One computed row: the features of one version of one clip."""
-    version: int
-    features: dict[str, np.ndarray]
-    augment: dict = field(default_factory=dict)
-    flags: tuple[str, ...] = ()
-
-
-@dataclass
-class ClipResult:
-    """What a worker sends back for one source clip: its rows, or why it failed."""
-    split: str
-    clip: int
-    rows: list[RowResult] = field(default_factory=list)
-    error: str | None = None
 
 
 class SettingsMismatch(CacheError):
@@ -631,16 +614,3 @@ def set_text(dset: h5py.Dataset, index: int, text: str, *, cut: bool = True) -> 
             raise ValueError(f"{dset.name}: {len(data)} bytes do not fit the file's {size}-byte field: {text[:80]}...")
         data = data[:size - 3].decode("utf-8", "ignore").encode("utf-8") + b"..."
     dset[index] = data
-
-
-def non_finite_reason(result: ClipResult) -> str | None:
-    """Why a clip's computed rows cannot be stored (a NaN or infinite value), or None."""
-    for row in result.rows:
-        for name, values in row.features.items():
-            values = np.asarray(values)
-            if not np.isfinite(values).all():
-                kind = "NaN" if np.isnan(values).any() else "infinite"
-                what = "the original" if row.version == 0 else f"augmented copy {row.version}"
-                return (f"feature {name} of {what} has {kind} values "
-                        f"({int((~np.isfinite(values)).sum())} of {values.size})")
-    return None

@@ -17,8 +17,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-SPECTROGRAM = "spectrogram"
-WAVEFORM = "waveform"
+from common.kinds import SPECTROGRAM, WAVEFORM  # noqa: F401  (re-exported for the models)
 
 
 def check_positive_int(name: str, value: object) -> int:

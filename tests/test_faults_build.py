@@ -402,9 +402,9 @@ def test_sigterm_stops_every_worker_and_leaves_a_resumable_build(tiny_gtzan, sig
 
 # -- 6. non-finite features ---------------------------------------------------------------------
 def test_non_finite_feature_row_is_skipped_naming_the_feature(small_data, tmp_path, monkeypatch):
-    import cache.build
+    import pipeline.clip
 
-    original, calls = cache.build.compute_features, []
+    original, calls = pipeline.clip.compute_features, []
 
     def nan_in_the_fourth(features, samples):
         out = original(features, samples)
@@ -414,7 +414,7 @@ def test_non_finite_feature_row_is_skipped_naming_the_feature(small_data, tmp_pa
             out["mel"][0, 0] = np.nan
         return out
 
-    monkeypatch.setattr(cache.build, "compute_features", nan_in_the_fourth)
+    monkeypatch.setattr(pipeline.clip, "compute_features", nan_in_the_fourth)
     summary = build_cache.main(args(small_data, tmp_path / "c.h5"))
     assert len(summary.skipped) == 1 and re.search(r"feature mel .*NaN", summary.skipped[0]["reason"])
     cache = FeatureCache(tmp_path / "c.h5")
