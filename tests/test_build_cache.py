@@ -154,7 +154,7 @@ def test_undecodable_file_is_skipped_and_reported(gtzan_copy, tmp_path, capsys):
 
 
 def test_missing_data_folder_gives_split_list_error(tmp_path):
-    with pytest.raises(SplitListError, match="pipeline.synthetic"):
+    with pytest.raises(SplitListError, match="python -m synthetic DIR"):
         build_cache.main(build_args(tmp_path / "nowhere", tmp_path / "c.h5"))
 
 

@@ -26,7 +26,7 @@ from cache import build as cache_build
 from cache.build import BackendError, DataNotVisible
 from cache.writer import CacheWriter
 from models.checkpoint import load_checkpoint
-from pipeline.synthetic import generate_dataset
+from synthetic import generate_dataset
 from tests.conftest import TINY_SECONDS, build_args
 from tests.test_build_cache import assert_same_content
 from tests.test_train import train_args

@@ -28,7 +28,7 @@ from cache.inspect import summarize
 from cache.reader import CacheError, FeatureCache
 from cache.writer import CacheWriter, SettingsMismatch
 from pipeline.splits import LIST_FILES, SplitLists, read_split_lists
-from pipeline.synthetic import generate_dataset
+from synthetic import generate_dataset
 from tests.conftest import TINY_SECONDS, build_args
 from tests.test_build_cache import assert_same_content
 
