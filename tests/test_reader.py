@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from cache.format import (FORMAT_VERSION, OPTIONAL_ROW_FIELDS, ROW_FIELDS, STATUS_DONE, STATUS_SKIPPED,
-                          canonical_json, describe_feature, feature_path, fingerprint)
+                          canonical_json, describe_feature, feature_path, fingerprint, partial_path)
 from cache.reader import CacheError, FeatureCache, H5Array, MemmapArray
 from cache.writer import CacheWriter, NothingUsable, SplitRows
 
@@ -58,7 +58,9 @@ def write_cache(path, *, clips=CLIPS, versions: int = 1, compression: str = "non
     """Write a tiny cache at ``path`` with :class:`CacheWriter`; return what was written.
 
     ``skipped`` holds ``(split, clip)`` pairs stored as skipped (undecodable sources).
-    ``finish=False`` leaves the build unfinished, as ``<path>.partial``. Returns
+    ``finish=False`` leaves the build unfinished, as ``<path>.partial``. A split whose
+    every clip is skipped is no cache the writer finishes; such a file is finished by
+    hand here (:func:`finish_by_hand`), for the readers' refusals of it. Returns
     ``{split: {"rows": {field: array}, "mel": array, "wave": array}}``: what a reader
     must find, skipped rows as zeros.
     """
@@ -98,9 +100,20 @@ def write_cache(path, *, clips=CLIPS, versions: int = 1, compression: str = "non
                                    for i in range(n_rows)]),
                 "status": np.where(bad, STATUS_SKIPPED, STATUS_DONE).astype(ROW_FIELDS["status"]),
             }, **data}
-        if finish:
+        if finish and not writer.unusable_splits():
             writer.finish()
+    if finish and not Path(path).exists():
+        finish_by_hand(path)
     return written
+
+
+def finish_by_hand(path) -> None:
+    """Mark the unfinished build of ``path`` complete and give it its final name, as the
+    writer does, without its refusal of a split that has no usable clip."""
+    partial = partial_path(path)
+    with h5py.File(partial, "r+") as f:
+        f.attrs["complete"] = 1
+    partial.replace(path)
 
 
 def to_older_layout(path) -> None:
