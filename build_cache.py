@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from cache.build import BACKENDS, RETRY_FLAG, build, check_build_numbers
+from builder import BACKENDS, RETRY_FLAG, BuildSummary, build, check_build_numbers
 from common.cli import run
 from common.errors import UserError
 from common.settings import parse_value
@@ -158,7 +158,7 @@ def make_augmenter(args):
                         f"--stretch-*, --snr-*, --eq-gain-db, --gain-db): {exc}") from exc
 
 
-def main(args) -> "BuildSummary":
+def main(args) -> BuildSummary:
     check_build_numbers(sr=args.sr, duration=args.duration, jobs=args.jobs)
     summary = build(data=args.data, out=args.out, features=make_features(args),
                     augmenter=make_augmenter(args), versions=args.augment, seed=args.seed,

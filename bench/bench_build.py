@@ -55,12 +55,11 @@ from threadpoolctl import threadpool_info, threadpool_limits
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-import build_cache  # noqa: E402
-from cache.writer import CacheWriter  # noqa: E402
-from pipeline.augment import augment_seed  # noqa: E402
-from pipeline.features import parse_feature_names  # noqa: E402
+from builder import build  # noqa: E402
+from pipeline.augment import augment_seed, build_augmenter  # noqa: E402
+from pipeline.features import build_feature, parse_feature_names  # noqa: E402
 from pipeline.splits import LIST_FILES, read_split_lists  # noqa: E402
-from pipeline.synthetic import generate_dataset  # noqa: E402
+from synthetic import generate_dataset  # noqa: E402
 
 SR, DURATION, SEED = 22050, 30.0, 0
 COPIES = 4  # the memory check's larger set lists every clip this many times
@@ -131,12 +130,17 @@ def naive_clip(root: str, split: str, listed: str, *, out: str, features: dict, 
     return rows
 
 
+def pipeline_work(features: str, augment: int) -> tuple[dict, object]:
+    """The features and augmenter build_cache.py makes of ``--features features --augment
+    augment`` and no other flag (the library's defaults), so both sides compute the same arrays."""
+    return ({name: build_feature(name, sr=SR) for name in parse_feature_names(features)},
+            build_augmenter(sr=SR) if augment else None)
+
+
 def run_naive(*, data: str, out: str, features: str, augment: int, jobs: int,
               blas_threads: int | None = None) -> dict:
-    # The pipeline's own defaults, so both sides compute the same arrays.
-    args = build_cache.get_args_parser().parse_args(["--features", features, "--augment", str(augment)])
-    features = {name: f.settings for name, f in build_cache.make_features(args).items()}
-    augmenter = build_cache.make_augmenter(args)
+    built, augmenter = pipeline_work(features, augment)
+    features = {name: feature.settings for name, feature in built.items()}
     todo = []
     for split, list_name in LIST_FILES.items():
         listed = Path(data, list_name).read_text(encoding="utf-8").split()
@@ -157,27 +161,17 @@ def run_naive(*, data: str, out: str, features: str, augment: int, jobs: int,
 
 def run_pipeline(*, data: str, out: str, features: str, augment: int, jobs: int,
                  backend: str = "loky") -> dict:
-    """One ``build_cache.main`` run, timed: total seconds, and when the first and last worker
-    results reached the writer (``first_s``, ``last_s``, from the start). Patches the writer
-    for good, so call it in a process of its own."""
-    args = build_cache.get_args_parser().parse_args(
-        ["--data", data, "--out", out, "--features", features, "--augment", str(augment),
-         "--jobs", str(jobs), "--backend", backend, "--seed", str(SEED), "--sr", str(SR),
-         "--duration", str(DURATION), "--overwrite", "--no-progress"])
-    write_clip, arrivals = CacheWriter.write_clip, []
-
-    def timed_write_clip(self, result):  # when each worker result reaches the writer
-        arrivals.append(time.perf_counter())
-        write_clip(self, result)
-
-    CacheWriter.write_clip = timed_write_clip
+    """One build, as ``build_cache.py --features features --augment augment --jobs jobs
+    --backend backend --overwrite`` runs it, timed: total seconds, and when the first and
+    last worker results reached the writer (``first_s``, ``last_s``, from the build's start)."""
+    built, augmenter = pipeline_work(features, augment)
     start = time.perf_counter()
-    summary = build_cache.main(args)
+    summary = build(data=data, out=out, features=built, augmenter=augmenter, versions=augment, seed=SEED, sr=SR,
+                    duration=DURATION, jobs=jobs, overwrite=True, progress=False, backend=backend)
     seconds = time.perf_counter() - start
     clips = sum(len(Path(data, name).read_text(encoding="utf-8").split()) for name in LIST_FILES.values())
     return {"seconds": seconds, "clips": clips, "rows": summary.built_rows,
-            "first_s": arrivals[0] - start if arrivals else None,
-            "last_s": arrivals[-1] - start if arrivals else None}
+            "first_s": summary.first_result_s, "last_s": summary.last_result_s}
 
 
 # -- child side: one measured build per subprocess -----------------------------------------------

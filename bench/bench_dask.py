@@ -6,8 +6,9 @@ dask --jobs N`` (a ``distributed.LocalCluster`` of N single-threaded workers, st
 by the build). The ratio of the two times is the engine's overhead. Both files must
 come out identical; the script checks it.
 
-Every build runs in its own Python subprocess, timed from just before the build call
-to its return: imports excluded, worker (and cluster) start-up included. The time
+Every build runs in its own Python subprocess (``bench_build.py``'s timed build, the one
+its own table measures), timed from just before the build call to its return: imports
+excluded, worker (and cluster) start-up included. The time
 until the first result reaches the writer is reported too, so start-up and
 steady-state throughput can be told apart. Repeats are interleaved, so a change in
 the machine's load hits both backends alike.
@@ -32,33 +33,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
+from cache.format import partial_path  # noqa: E402
+from synthetic import generate_dataset  # noqa: E402
+
 SR, DURATION, SEED = 22050, 30.0, 0
 BACKENDS = ("loky", "dask")
+# Runs one timed build per subprocess (a command line, not an import: bench scripts import packages only).
+TIMED_BUILD = ROOT / "bench" / "bench_build.py"
 
 
-# -- child side: one measured build ------------------------------------------------------------
-def child_main(spec: dict) -> None:
-    from bench_build import run_pipeline
-
-    cpu_before = os.times()
-    result = run_pipeline(data=spec["data"], out=spec["out"], features=spec["features"],
-                          augment=spec["augment"], jobs=spec["jobs"], backend=spec["backend"])
-    # loky keeps its workers for reuse; stop and reap them so their CPU time counts.
-    from joblib.externals.loky import reusable_executor
-    if reusable_executor._executor is not None:
-        reusable_executor._executor.shutdown(wait=True)
-    cpu = os.times()
-    # CPU of this process and its reaped children (loky workers; a LocalCluster's nannies).
-    print("RESULT " + json.dumps({**result, "cpu_s": sum(cpu[:4]) - sum(cpu_before[:4])}), flush=True)
-
-
-# -- parent side -----------------------------------------------------------------------------------
 def measure(**spec) -> dict:
-    """Run one build in a fresh subprocess and return its RESULT dict."""
+    """Run one build in a fresh subprocess and return its RESULT dict.
+
+    ``cpu_s`` there is the CPU of that process and its reaped children (loky workers; a
+    LocalCluster's nannies).
+    """
     out = Path(spec["out"])
-    for path in (out, out.with_name(out.name + ".partial")):
+    for path in (out, partial_path(out)):
         path.unlink(missing_ok=True)
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
+    proc = subprocess.run([sys.executable, str(TIMED_BUILD), "--child", json.dumps({"kind": "pipeline", **spec})],
                           capture_output=True, text=True, cwd=ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -118,13 +111,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="workers of either backend (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=2, help="runs of each build; the median is shown")
     p.add_argument("--workdir", help="where data and outputs go (default: a temporary folder, removed)")
-    p.add_argument("--child", help=argparse.SUPPRESS)
     return p
 
 
 def main(args) -> dict:
-    from pipeline.synthetic import generate_dataset
-
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_dask_"))
     try:
         data = work / "data"
@@ -162,9 +152,5 @@ def report(res: dict, identical: bool, args) -> None:
 
 
 if __name__ == "__main__":
-    cli = get_args_parser().parse_args()
-    if cli.child:
-        child_main(json.loads(cli.child))
-    else:
-        result = main(cli)
-        sys.exit(0 if result["identical"] else 1)
+    result = main(get_args_parser().parse_args())
+    sys.exit(0 if result["identical"] else 1)

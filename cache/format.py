@@ -48,6 +48,7 @@ import hashlib
 import json
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -90,6 +91,8 @@ COMPRESSIONS = ("none", "gzip")
 # Root attributes the writer always sets; a file without them is not a cache.
 REQUIRED_ATTRS = ("format_version", "complete", "fingerprint", "settings", "labels", "sample_rate")
 REBUILD_HINT = "rebuild it with build_cache.py --overwrite"
+# A build writes ``<out>.partial`` and renames it to ``<out>`` once every row is done or skipped.
+PARTIAL_SUFFIX = ".partial"
 
 
 class CacheError(UserError):
@@ -258,6 +261,16 @@ def data_fingerprint(settings: dict) -> str:
     """
     keys = ("labels", "sample_rate", "duration", "sources")
     return fingerprint({key: settings.get(key) for key in keys})
+
+
+def partial_path(out) -> Path:
+    """Where the cache ``out`` is built: ``<out>.partial``.
+
+    >>> partial_path("runs/cache.h5").name
+    'cache.h5.partial'
+    """
+    out = Path(out)
+    return out.with_name(out.name + PARTIAL_SUFFIX)
 
 
 def feature_path(split: str, feature: str) -> str:

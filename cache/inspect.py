@@ -16,9 +16,8 @@ from pathlib import Path
 
 import h5py
 
-from cache.format import (FEATURE_GROUP, feature_arguments, STATUS_DONE, STATUS_PENDING, STATUS_SKIPPED, CacheError,
-                          read_root_attrs)
-from cache.writer import partial_path
+from cache.format import (FEATURE_GROUP, STATUS_DONE, STATUS_PENDING, STATUS_SKIPPED, CacheError, feature_arguments,
+                          partial_path, read_root_attrs)
 from common.cli import run
 
 # Settings every cache records, and which the summary shows.

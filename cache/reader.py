@@ -25,11 +25,10 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from cache.format import (FEATURE_DTYPE, FORMAT_VERSION, OPTIONAL_ROW_FIELDS, REQUIRED_ATTRS,  # noqa: F401
-                          ROW_FIELDS, STATUS_DONE, CacheError, data_fingerprint, feature_path,
-                          fingerprint, read_root_attrs)
+from cache.format import (FEATURE_DTYPE, FORMAT_VERSION, OPTIONAL_ROW_FIELDS, PARTIAL_SUFFIX,  # noqa: F401
+                          REQUIRED_ATTRS, ROW_FIELDS, STATUS_DONE, CacheError, data_fingerprint, feature_path,
+                          fingerprint, partial_path, read_root_attrs)
 
-PARTIAL_SUFFIX = ".partial"
 SPLIT_ORDER = ("train", "valid", "test")
 
 
@@ -358,7 +357,7 @@ class FeatureCache:
                 f"command to resume it (it is renamed without {PARTIAL_SUFFIX!r} when done)")
         if self.path.exists():
             return
-        partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
+        partial = partial_path(self.path)
         if partial.exists():
             raise CacheError(
                 f"cache {self.path} is not finished ({partial} exists); re-run the same "

@@ -1,7 +1,10 @@
 """The one writer of a cache file: creates the layout, stores rows, resumes, finishes.
 
-Workers never touch the file; the main process receives their results and calls
-:meth:`CacheWriter.write_clip`. The file is built as ``<out>.partial`` and renamed to
+Workers never touch the file: the process that runs the build hands the writer plain
+arrays, one source clip at a time (:meth:`CacheWriter.write_rows`, or
+:meth:`CacheWriter.skip_clip` for a clip that could not be computed). The writer knows
+nothing of audio or features; it stores arrays of the shapes it was opened with. The
+file is built as ``<out>.partial`` and renamed to
 ``<out>`` only when every row is done or skipped. The caller holds the cache's
 exclusive lock (``common.locks.FileLock(out)``) while a writer is open.
 
@@ -26,22 +29,21 @@ import os
 import re
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import h5py
 import numpy as np
 
 from cache.format import (CHECKSUM_DTYPE, CHECKSUM_FIELD, FEATURE_DTYPE, FIXED_TEXT_BYTES, FORMAT_VERSION,
-                          OPTIONAL_ROW_FIELDS, ROW_FIELDS, STATUS_DONE, STATUS_PENDING, STATUS_SKIPPED,
-                          CacheError, canonical_json, create_feature_dataset, fingerprint, read_root_attrs,
-                          row_checksum)
+                          OPTIONAL_ROW_FIELDS, PARTIAL_SUFFIX, ROW_FIELDS, STATUS_DONE, STATUS_PENDING,  # noqa: F401
+                          STATUS_SKIPPED, CacheError, canonical_json, create_feature_dataset, fingerprint,
+                          partial_path, read_root_attrs, row_checksum)
 from common.atomic import STORAGE_ERRNOS, StorageError
-from pipeline.clip import ClipResult, RowResult, non_finite_reason  # to go: the writer should take arrays
 
 # A string attribute must stay under HDF5's 64 KiB limit for the default libver.
 MAX_SKIPPED_IN_ATTRS = 200
-PARTIAL_SUFFIX = ".partial"
 # Free space kept for what the file still grows by after its blocks are reserved: the
 # final attributes (up to 64 KiB), and the string heap of a file written before rows
 # had fixed-length text. A write that meets a full disk can leave HDF5's metadata
@@ -51,6 +53,12 @@ RESERVE_BYTES = 2 ** 20
 # written without a reservation).
 NO_FALLOCATE_ERRNOS = {errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS}
 RESUME_HINT = "run the same command again to resume: the rows finished so far are kept"
+
+# One computed row as :meth:`CacheWriter.write_rows` takes it: ``(version, features,
+# augment, flags)`` -- the version (0 the original, 1..K augmented copies), feature name ->
+# array of the row's shape, the augmentation record (JSON-serialisable, empty for the
+# original) and the loader's flags (e.g. ``("padded", "short")``).
+Row = tuple[int, dict[str, np.ndarray], dict, Sequence[str]]
 
 
 @dataclass(frozen=True)
@@ -107,10 +115,24 @@ def read_settings(path: Path) -> dict:
         return read_root_attrs(f.attrs, path=path).settings
 
 
-def partial_path(out) -> Path:
-    """Where the cache ``out`` is built: ``<out>.partial``."""
-    out = Path(out)
-    return out.with_name(out.name + PARTIAL_SUFFIX)
+def non_finite_reason(rows: Sequence[Row]) -> str | None:
+    """Why rows cannot be stored as done (a NaN or infinite value), or None.
+
+    A storage check: whatever computed them, a non-finite row marked done would
+    poison every training that reads the cache.
+
+    >>> non_finite_reason([(1, {"mel": np.array([np.inf, 0.0])}, {}, ())])
+    'feature mel of augmented copy 1 has infinite values (1 of 2)'
+    """
+    for version, features, _, _ in rows:
+        for name, values in features.items():
+            values = np.asarray(values)
+            finite = np.isfinite(values)
+            if not finite.all():
+                kind = "NaN" if np.isnan(values).any() else "infinite"
+                what = "the original" if version == 0 else f"augmented copy {version}"
+                return f"feature {name} of {what} has {kind} values ({int((~finite).sum())} of {values.size})"
+    return None
 
 
 # -- storage ---------------------------------------------------------------------------------
@@ -439,24 +461,56 @@ class CacheWriter:
             todo[split] = per_clip
         return todo
 
-    def write_clip(self, result: ClipResult) -> None:
-        """Store a worker's result; a failed clip has all its rows marked skipped.
+    def write_rows(self, split: str, clip: int, rows: Sequence[Row]) -> str | None:
+        """Store computed rows of source clip ``clip`` of ``split`` and mark them done.
 
-        A result with a non-finite feature value is stored as skipped too, and its
-        ``error`` then says which feature.
+        Parameters
+        ----------
+        split, clip : the clip's split and its index in that split's ``paths``.
+        rows : :data:`Row` tuples ``(version, features, augment, flags)``, one per
+            version to store; each feature array has the shape of :attr:`shapes`.
+
+        Returns
+        -------
+        None, or why the clip was stored as skipped instead: rows holding a NaN or
+        infinite value are never stored as done (:func:`non_finite_reason`).
         """
-        rows = self.layout[result.split]
-        if result.error is None:
-            result.error = non_finite_reason(result)
-        self.check_room(0 if self.compression == "none" else self._clip_bytes(rows))
+        reason = non_finite_reason(rows)
+        if reason is not None:
+            self.skip_clip(split, clip, reason)
+            return reason
+        layout = self._split_rows(split, clip)
+        with self._writing(split) as group:
+            for version, features, augment, flags in rows:
+                index = layout.row(clip, version)
+                self._write_row(group, index, features=features, augment=augment, flags=flags)
+                self._unflushed.append((split, index, STATUS_DONE))
+        return None
+
+    def skip_clip(self, split: str, clip: int, reason: str) -> None:
+        """Mark every row of source clip ``clip`` of ``split`` skipped, recording ``reason``.
+
+        A skipped clip is computed again by a resumed build (or ``--retry-skipped``);
+        :meth:`skipped` lists it with its reason.
+        """
+        layout = self._split_rows(split, clip)
+        with self._writing(split) as group:
+            self._mark_skipped(group, layout, split=split, clip=clip, reason=reason)
+
+    def _split_rows(self, split: str, clip: int) -> SplitRows:
+        if split not in self.layout:
+            raise ValueError(f"{self.partial} has no split {split!r} (it has {', '.join(self.layout)})")
+        layout = self.layout[split]
+        if not 0 <= clip < len(layout.paths):
+            raise ValueError(f"split {split!r} of {self.partial} has {len(layout.paths)} clips, not a clip {clip}")
+        return layout
+
+    @contextmanager
+    def _writing(self, split: str):
+        """The split's group, for writing one clip; flushed after it."""
+        self.check_room(0 if self.compression == "none" else self._clip_bytes(self.layout[split]))
         with self._storage("writing rows"):
-            group = self._file[result.split]
-            if result.error is not None:
-                self._mark_skipped(group, rows, result)
-            else:
-                for row in result.rows:
-                    self._write_row(group, rows.row(result.clip, row.version), row)
-                    self._unflushed.append((result.split, rows.row(result.clip, row.version), STATUS_DONE))
+            yield self._file[split]
             # Flushed per clip: cheap next to decoding one, and a kill then costs one clip at most.
             self._flush()
 
@@ -464,26 +518,27 @@ class CacheWriter:
         per_row = sum(int(np.prod(shape, dtype=np.int64)) for shape in self.shapes.values())
         return (rows.versions + 1) * per_row * FEATURE_DTYPE.itemsize
 
-    def _write_row(self, group: h5py.Group, index: int, row: RowResult) -> None:
-        for name, values in row.features.items():
+    def _write_row(self, group: h5py.Group, index: int, *, features: dict[str, np.ndarray], augment: dict,
+                   flags: Sequence[str]) -> None:
+        for name, values in features.items():
             if tuple(np.shape(values)) != tuple(self.shapes[name]):
                 raise ValueError(f"feature {name} of row {index} has shape {np.shape(values)}, "
                                  f"the file holds {self.shapes[name]}")
             group["features"][name][index] = values
-        set_text(group["augment"], index, canonical_json(row.augment) if row.augment else "", cut=False)
-        set_text(group["flags"], index, ",".join(row.flags))
-        group[CHECKSUM_FIELD][index] = row_checksum(row.features)
+        set_text(group["augment"], index, canonical_json(augment) if augment else "", cut=False)
+        set_text(group["flags"], index, ",".join(flags))
+        group[CHECKSUM_FIELD][index] = row_checksum(features)
 
-    def _mark_skipped(self, group: h5py.Group, rows: SplitRows, result: ClipResult) -> None:
+    def _mark_skipped(self, group: h5py.Group, rows: SplitRows, *, split: str, clip: int, reason: str) -> None:
         for version in range(rows.versions + 1):
-            index = rows.row(result.clip, version)
+            index = rows.row(clip, version)
             # Chunks are allocated but never filled; zero them so the file holds no stray bytes.
             for name in self.shapes:
                 group["features"][name][index] = 0.0
             set_text(group["augment"], index, "")
-            set_text(group["flags"], index, f"skipped: {result.error}")
+            set_text(group["flags"], index, f"skipped: {reason}")
             group[CHECKSUM_FIELD][index] = 0
-            self._unflushed.append((result.split, index, STATUS_SKIPPED))
+            self._unflushed.append((split, index, STATUS_SKIPPED))
 
     def flush(self) -> None:
         """Make written rows durable, then mark them done.

@@ -45,13 +45,12 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import math
 import random
-from numbers import Integral, Real
 
 import audiomentations
 import numpy as np
 
+from pipeline.checks import check_int, check_names, check_number, parse_names
 from pipeline.features import check_waveform
 
 # python-stretch's Signalsmith Stretch: ~3x smaller log-mel error than librosa's
@@ -91,27 +90,12 @@ DEFAULT_EFFECTS = ("pitch", "stretch", "eq", "noise", "gain")
 
 
 def parse_effect_names(text: str) -> tuple[str, ...]:
-    """Split a comma-separated list of effect names.
+    """Split a comma-separated list of effect names (:func:`pipeline.checks.parse_names`).
 
     >>> parse_effect_names("pitch, noise")
     ('pitch', 'noise')
     """
-    names = [part.strip() for part in str(text).split(",")]
-    if not any(names):
-        raise ValueError(f"no effect names in {text!r}; give a comma-separated list from: {', '.join(AUGMENTATIONS)}")
-    if not all(names):
-        raise ValueError(f"empty effect name in {text!r}; remove the stray comma")
-    _check_effect_names(names)
-    return tuple(names)
-
-
-def _check_effect_names(names) -> None:
-    for name in names:
-        if name not in AUGMENTATIONS:
-            raise ValueError(f"unknown effect {name!r}; choose from: {', '.join(AUGMENTATIONS)}")
-    duplicates = sorted({n for n in names if list(names).count(n) > 1})
-    if duplicates:
-        raise ValueError(f"effect(s) {', '.join(duplicates)} listed more than once")
+    return tuple(parse_names(text, choices=tuple(AUGMENTATIONS), what="effect"))
 
 
 def augment_seed(base_seed: int, key: str, version: int) -> int:
@@ -124,28 +108,12 @@ def augment_seed(base_seed: int, key: str, version: int) -> int:
     >>> augment_seed(0, "blues/blues.00000.wav", 1) == augment_seed(0, "blues/blues.00000.wav", 1)
     True
     """
-    base_seed = _check_seed("base_seed", base_seed)
-    version = _check_seed("version", version)
+    base_seed = check_int("base_seed", base_seed, minimum=0)
+    version = check_int("version", version, minimum=0)
     if not isinstance(key, str):
         raise ValueError(f"key must be the clip's listed path as a str, got {type(key).__name__}")
     digest = hashlib.sha256(json.dumps([base_seed, key, version]).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "little")
-
-
-def _check_seed(setting: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
-        raise ValueError(f"{setting} must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
-def _check_number(setting: str, value, *, low: float, high: float, low_open: bool = False) -> float:
-    """Return ``value`` as a float in ``[low, high]`` (``(low, high]`` if low_open)."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise ValueError(f"{setting} must be a finite number, got {value!r}")
-    if value > high or value < low or (low_open and value == low):
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{setting} must be in {bracket}{low}, {high}], got {value}")
-    return float(value)
 
 
 def _draw_mask(rng: np.random.Generator, n: int, p: float) -> np.ndarray:
@@ -212,21 +180,20 @@ class Augmenter:
         effects = parse_effect_names(effects) if isinstance(effects, str) else tuple(effects)
         if not effects:
             raise ValueError(f"effects is empty; choose at least one of: {', '.join(AUGMENTATIONS)}")
-        _check_effect_names(effects)
-        if isinstance(sr, bool) or not isinstance(sr, Integral) or sr <= 0:
-            raise ValueError(f"sr must be a positive integer, got {sr!r}")
+        check_names(effects, choices=tuple(AUGMENTATIONS), what="effect")
+        sr = check_int("sr", sr, minimum=1)
         # Zero-width ranges are refused: they would make the effect a no-op.
         settings = {
             "effects": [name for name in AUGMENTATIONS if name in effects],
             "sr": int(sr),
-            "p": _check_number("p", p, low=0.0, high=1.0),
-            "pitch_semitones": _check_number("pitch_semitones", pitch_semitones, low=0.0, high=24.0, low_open=True),
-            "stretch_min": _check_number("stretch_min", stretch_min, low=0.1, high=10.0),
-            "stretch_max": _check_number("stretch_max", stretch_max, low=0.1, high=10.0),
-            "snr_min_db": _check_number("snr_min_db", snr_min_db, low=-math.inf, high=math.inf),
-            "snr_max_db": _check_number("snr_max_db", snr_max_db, low=-math.inf, high=math.inf),
-            "eq_gain_db": _check_number("eq_gain_db", eq_gain_db, low=0.0, high=24.0, low_open=True),
-            "gain_db": _check_number("gain_db", gain_db, low=0.0, high=40.0, low_open=True),
+            "p": check_number("p", p, low=0.0, high=1.0),
+            "pitch_semitones": check_number("pitch_semitones", pitch_semitones, low=0.0, high=24.0, low_open=True),
+            "stretch_min": check_number("stretch_min", stretch_min, low=0.1, high=10.0),
+            "stretch_max": check_number("stretch_max", stretch_max, low=0.1, high=10.0),
+            "snr_min_db": check_number("snr_min_db", snr_min_db),
+            "snr_max_db": check_number("snr_max_db", snr_max_db),
+            "eq_gain_db": check_number("eq_gain_db", eq_gain_db, low=0.0, high=24.0, low_open=True),
+            "gain_db": check_number("gain_db", gain_db, low=0.0, high=40.0, low_open=True),
         }
         if settings["stretch_min"] >= settings["stretch_max"]:
             raise ValueError(f"stretch_min ({stretch_min}) must be < stretch_max ({stretch_max})")
@@ -261,7 +228,7 @@ class Augmenter:
             ``"headroom": {"scale": s}`` if the peak had to be scaled down.
         """
         samples = check_waveform(samples)
-        seed = _check_seed("seed", seed)
+        seed = check_int("seed", seed, minimum=0)
         mask_seq, random_seq, numpy_seq = np.random.SeedSequence(seed).spawn(3)
         names = self.settings["effects"]
         mask = _draw_mask(np.random.default_rng(mask_seq), len(names), self.settings["p"])

@@ -23,40 +23,20 @@ True
 
 from __future__ import annotations
 
-import math
-from numbers import Integral, Real
-
 import librosa
 import numpy as np
+
+from common.kinds import SPECTROGRAM, WAVEFORM
+from pipeline.checks import check_int, check_names, check_number, parse_names
 
 # librosa.feature.delta's default window; the delta orders need at least this many frames.
 DELTA_WIDTH = 9
 
 
-def _check_int(setting: str, value, *, minimum: int) -> int:
-    """Return ``value`` as an int, or raise ValueError naming ``setting``."""
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise ValueError(f"{setting} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{setting} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_float(setting: str, value, *, minimum: float | None = None, positive: bool = False) -> float:
-    """Return ``value`` as a finite float, or raise ValueError naming ``setting``."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise ValueError(f"{setting} must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"{setting} must be > 0, got {value}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{setting} must be >= {minimum}, got {value}")
-    return float(value)
-
-
 def _check_stft(sr: int, n_fft, hop_length) -> tuple[int, int]:
     """Validate the framing shared by the STFT-based features."""
-    n_fft = _check_int("n_fft", n_fft, minimum=1)
-    hop_length = _check_int("hop_length", hop_length, minimum=1)
+    n_fft = check_int("n_fft", n_fft, minimum=1)
+    hop_length = check_int("hop_length", hop_length, minimum=1)
     if hop_length > n_fft:
         raise ValueError(
             f"hop_length ({hop_length}) must be <= n_fft ({n_fft}), or samples between frames are skipped"
@@ -66,14 +46,14 @@ def _check_stft(sr: int, n_fft, hop_length) -> tuple[int, int]:
 
 def _check_mel_bands(sr: int, n_fft: int, n_mels, fmin, fmax) -> tuple[int, float, float | None]:
     """Validate the mel filter bank settings (fmax None means sr / 2)."""
-    n_mels = _check_int("n_mels", n_mels, minimum=1)
+    n_mels = check_int("n_mels", n_mels, minimum=1)
     if n_mels > n_fft // 2 + 1:
         raise ValueError(
             f"n_mels ({n_mels}) must be <= n_fft // 2 + 1 ({n_fft // 2 + 1}); raise n_fft or lower n_mels"
         )
-    fmin = _check_float("fmin", fmin, minimum=0.0)
+    fmin = check_number("fmin", fmin, low=0.0)
     if fmax is not None:
-        fmax = _check_float("fmax", fmax, positive=True)
+        fmax = check_number("fmax", fmax, low=0.0, low_open=True)
         if fmax > sr / 2:
             raise ValueError(f"fmax ({fmax}) must be <= sr / 2 ({sr / 2}), or None for sr / 2")
     if fmin >= (sr / 2 if fmax is None else fmax):
@@ -112,8 +92,8 @@ class Feature:
     name : str
         Registry name (key of :data:`FEATURES`).
     kind : str
-        ``"spectrogram"`` (output ``(n_bins, frames)``) or ``"waveform"``
-        (output ``(n_samples,)``).
+        :data:`common.kinds.SPECTROGRAM` (output ``(n_bins, frames)``) or
+        :data:`common.kinds.WAVEFORM` (output ``(n_samples,)``).
     sr : int
         Sample rate the input must have.
     settings : dict
@@ -126,11 +106,11 @@ class Feature:
     """
 
     name: str = ""
-    kind: str = "spectrogram"
+    kind: str = SPECTROGRAM
     DEFAULTS: dict = {}
 
     def __init__(self, *, sr: int = 22050):
-        self.sr = _check_int("sr", sr, minimum=1)
+        self.sr = check_int("sr", sr, minimum=1)
         self.settings: dict = {"sr": self.sr}
 
     @property
@@ -143,7 +123,7 @@ class Feature:
 
     def output_shape(self, n_samples: int) -> tuple[int, ...]:
         """Shape of ``self(samples)`` for a clip of ``n_samples`` samples."""
-        n_samples = _check_int("n_samples", n_samples, minimum=1)
+        n_samples = check_int("n_samples", n_samples, minimum=1)
         return (self.n_bins(), 1 + n_samples // self.settings["hop_length"])
 
     def _compute(self, samples: np.ndarray, shared: dict) -> np.ndarray:
@@ -227,10 +207,10 @@ class MFCC(LogMel):
     def __init__(self, *, sr=22050, n_fft=2048, hop_length=512, n_mels=128, fmin=0.0, fmax=None,
                  n_mfcc=20, deltas=0):
         super().__init__(sr=sr, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, fmin=fmin, fmax=fmax)
-        n_mfcc = _check_int("n_mfcc", n_mfcc, minimum=1)
+        n_mfcc = check_int("n_mfcc", n_mfcc, minimum=1)
         if n_mfcc > self.settings["n_mels"]:
             raise ValueError(f"n_mfcc ({n_mfcc}) must be <= n_mels ({self.settings['n_mels']})")
-        deltas = _check_int("deltas", deltas, minimum=0)
+        deltas = check_int("deltas", deltas, minimum=0)
         if deltas > 2:
             raise ValueError(f"deltas must be 0, 1 or 2 (orders of librosa.feature.delta to stack), got {deltas}")
         self.settings.update(n_mfcc=n_mfcc, deltas=deltas)
@@ -268,9 +248,9 @@ class Chroma(Feature):
     def __init__(self, *, sr=22050, n_fft=2048, hop_length=512, n_chroma=12, tuning=0.0):
         super().__init__(sr=sr)
         n_fft, hop_length = _check_stft(self.sr, n_fft, hop_length)
-        n_chroma = _check_int("n_chroma", n_chroma, minimum=1)
+        n_chroma = check_int("n_chroma", n_chroma, minimum=1)
         if tuning is not None:
-            tuning = _check_float("tuning", tuning)
+            tuning = check_number("tuning", tuning)
             if not -0.5 <= tuning < 0.5:
                 raise ValueError(f"tuning must be in [-0.5, 0.5) (fractions of a bin) or None, got {tuning}")
         self.settings.update(n_fft=n_fft, hop_length=hop_length, n_chroma=n_chroma, tuning=tuning)
@@ -301,10 +281,10 @@ class CQT(Feature):
 
     def __init__(self, *, sr=22050, hop_length=512, fmin=DEFAULTS["fmin"], n_bins=84, bins_per_octave=12):
         super().__init__(sr=sr)
-        hop_length = _check_int("hop_length", hop_length, minimum=1)
-        fmin = _check_float("fmin", fmin, positive=True)
-        n_bins = _check_int("n_bins", n_bins, minimum=1)
-        bins_per_octave = _check_int("bins_per_octave", bins_per_octave, minimum=1)
+        hop_length = check_int("hop_length", hop_length, minimum=1)
+        fmin = check_number("fmin", fmin, low=0.0, low_open=True)
+        n_bins = check_int("n_bins", n_bins, minimum=1)
+        bins_per_octave = check_int("bins_per_octave", bins_per_octave, minimum=1)
         self._check_below_nyquist(fmin, n_bins, bins_per_octave)
         self.settings.update(hop_length=hop_length, fmin=fmin, n_bins=n_bins, bins_per_octave=bins_per_octave)
 
@@ -337,7 +317,7 @@ class Waveform(Feature):
     """The raw waveform itself, shape ``(n_samples,)`` (a float32 copy)."""
 
     name = "wave"
-    kind = "waveform"
+    kind = WAVEFORM
     DEFAULTS = {}
 
     @property
@@ -345,7 +325,7 @@ class Waveform(Feature):
         return float(self.sr)
 
     def output_shape(self, n_samples: int) -> tuple[int, ...]:
-        return (_check_int("n_samples", n_samples, minimum=1),)
+        return (check_int("n_samples", n_samples, minimum=1),)
 
     def _compute(self, samples: np.ndarray, shared: dict) -> np.ndarray:
         return samples.copy()
@@ -355,8 +335,7 @@ FEATURES = {"mel": LogMel, "mfcc": MFCC, "chroma": Chroma, "cqt": CQT, "wave": W
 
 
 def _feature_class(name: str) -> type[Feature]:
-    if name not in FEATURES:
-        raise ValueError(f"unknown feature {name!r}; choose one of {', '.join(FEATURES)}")
+    check_names([name], choices=tuple(FEATURES), what="feature")
     return FEATURES[name]
 
 
@@ -408,19 +387,9 @@ def compute_features(features: dict[str, Feature], samples: np.ndarray) -> dict[
 
 
 def parse_feature_names(text: str) -> list[str]:
-    """Split a comma-separated list of feature names.
+    """Split a comma-separated list of feature names (:func:`pipeline.checks.parse_names`).
 
     >>> parse_feature_names("mel, mfcc")
     ['mel', 'mfcc']
     """
-    names = [part.strip() for part in str(text).split(",")]
-    if not any(names):
-        raise ValueError(f"no feature names in {text!r}; give a comma-separated list from: {', '.join(FEATURES)}")
-    if not all(names):
-        raise ValueError(f"empty feature name in {text!r}; remove the stray comma")
-    for name in names:
-        _feature_class(name)
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"feature(s) {', '.join(duplicates)} listed more than once in {text!r}")
-    return names
+    return parse_names(text, choices=tuple(FEATURES), what="feature")

@@ -57,7 +57,7 @@ _GROUPS_LINE = f"'<listed path><TAB><group id>' line"
 
 _HINTS = {
     "root": "Point the root at the dataset folder, or make a small demo set with "
-            "`python -m pipeline.synthetic DIR` and use DIR as the root.",
+            "`python -m synthetic DIR` and use DIR as the root.",
     "list_missing": "Put the split list files ({files}) in the dataset root.",
     "list_unreadable": "Save the list as UTF-8 text, one relative path per line.",
     "empty": "A split list needs at least one path; regenerate it or restore the original.",

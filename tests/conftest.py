@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.synthetic import generate_dataset
+from synthetic import generate_dataset
 
 # Small enough for a fast suite, large enough that a model can beat chance on it.
 TINY_CLIPS_PER_GENRE = 8

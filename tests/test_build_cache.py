@@ -111,7 +111,8 @@ def test_h5ls_lists_every_dataset(tiny_cache):
 
 def test_same_file_whatever_the_worker_count(tiny_gtzan, tmp_path):
     one, two = tmp_path / "one.h5", tmp_path / "two.h5"
-    build_cache.main(build_args(tiny_gtzan, one, "--features", "mel", "--augment", "2", "--jobs", "1"))
+    summary = build_cache.main(build_args(tiny_gtzan, one, "--features", "mel", "--augment", "2", "--jobs", "1"))
+    assert 0 < summary.first_result_s <= summary.last_result_s <= summary.seconds
     build_cache.main(build_args(tiny_gtzan, two, "--features", "mel", "--augment", "2", "--jobs", "2"))
     assert_same_content(one, two)
 
@@ -120,7 +121,7 @@ def test_rerun_with_same_settings_does_nothing(tiny_cache, tiny_gtzan, capsys):
     before = tiny_cache.stat().st_mtime_ns
     summary = build_cache.main(build_args(tiny_gtzan, tiny_cache, "--features", "mel,mfcc,chroma,cqt,wave",
                                           "--augment", "1"))
-    assert summary.up_to_date
+    assert summary.up_to_date and summary.first_result_s is None
     assert "up to date" in capsys.readouterr().out
     assert tiny_cache.stat().st_mtime_ns == before
 
@@ -154,7 +155,7 @@ def test_undecodable_file_is_skipped_and_reported(gtzan_copy, tmp_path, capsys):
 
 
 def test_missing_data_folder_gives_split_list_error(tmp_path):
-    with pytest.raises(SplitListError, match="pipeline.synthetic"):
+    with pytest.raises(SplitListError, match="python -m synthetic DIR"):
         build_cache.main(build_args(tmp_path / "nowhere", tmp_path / "c.h5"))
 
 

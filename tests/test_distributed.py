@@ -21,12 +21,12 @@ import pytest
 import torch
 
 import build_cache
+import builder.cache_build
+import builder.engines
 import train
-from cache import build as cache_build
-from cache.build import BackendError, DataNotVisible
-from cache.writer import CacheWriter
+from builder import BackendError, DataNotVisible
 from models.checkpoint import load_checkpoint
-from pipeline.synthetic import generate_dataset
+from synthetic import generate_dataset
 from tests.conftest import TINY_SECONDS, build_args
 from tests.test_build_cache import assert_same_content
 from tests.test_train import train_args
@@ -111,18 +111,19 @@ def test_local_cluster_of_jobs_workers_builds_the_same_file(small_data, local_ca
 def test_worker_killed_mid_build_loses_and_duplicates_nothing(cluster, small_data, local_cache, tmp_path,
                                                                monkeypatch):
     written, killed = [], []
-    original = CacheWriter.write_clip
+    original = builder.cache_build.store_result
 
-    def write_then_kill_a_busy_worker(self, result):
-        original(self, result)
+    def write_then_kill_a_busy_worker(writer, result):
+        skipped = original(writer, result)
         written.append((result.split, result.clip))
         if len(written) == 4:
             busy = [w for w, keys in cluster.processing().items() if keys] or list(cluster.processing())
             pid = cluster.run(os.getpid, workers=[busy[0]])[busy[0]]
             os.kill(pid, signal.SIGKILL)  # its nanny starts a new one
             killed.append(pid)
+        return skipped
 
-    monkeypatch.setattr(CacheWriter, "write_clip", write_then_kill_a_busy_worker)
+    monkeypatch.setattr(builder.cache_build, "store_result", write_then_kill_a_busy_worker)
     out = tmp_path / "dask.h5"
     summary = dask_build(small_data, out, cluster)
     assert killed, "no worker was killed"
@@ -138,7 +139,7 @@ def test_check_names_each_worker_and_file_it_cannot_read(cluster, small_data):
              str(present[1]): present[1].stat().st_size + 1,  # as if the workers had another copy
              str(small_data / "blues" / "not-there.wav"): 100}
     with pytest.raises(DataNotVisible) as caught:
-        cache_build.check_workers_see(cluster, sizes, root=small_data)
+        builder.engines.check_workers_see(cluster, sizes, root=small_data)
     message = str(caught.value)
     assert f"{WORKERS} of {WORKERS} Dask workers cannot read the data in {small_data}" in message
     for worker in cluster.scheduler_info()["workers"]:
@@ -146,7 +147,7 @@ def test_check_names_each_worker_and_file_it_cannot_read(cluster, small_data):
     assert "not-there.wav (No such file or directory)" in message
     assert "another copy of the data" in message and str(present[0]) + " (" not in message
     assert "same path on every worker" in message
-    cache_build.check_workers_see(cluster, {str(present[0]): present[0].stat().st_size}, root=small_data)
+    builder.engines.check_workers_see(cluster, {str(present[0]): present[0].stat().st_size}, root=small_data)
 
 
 def can_hide_folders() -> bool:
@@ -206,7 +207,7 @@ def test_bad_backend_settings_are_refused_before_any_work(small_data, tmp_path, 
     from pipeline.features import build_feature
 
     with pytest.raises(BackendError, match=match):
-        cache_build.build(data=small_data, out=tmp_path / "c.h5", features={"mel": build_feature("mel")},
+        builder.cache_build.build(data=small_data, out=tmp_path / "c.h5", features={"mel": build_feature("mel")},
                           backend=backend, scheduler=scheduler)
     assert list(tmp_path.iterdir()) == []
 
@@ -222,7 +223,7 @@ def test_unreachable_scheduler_is_reported(small_data, tmp_path, monkeypatch):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setattr(cache_build, "CONNECT_TIMEOUT_S", 2)
+    monkeypatch.setattr(builder.engines, "CONNECT_TIMEOUT_S", 2)
     with pytest.raises(BackendError, match=rf"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}"):
         build_cache.main(build_args(small_data, tmp_path / "c.h5", "--backend", "dask",
                                     "--scheduler", f"tcp://127.0.0.1:{port}"))

@@ -24,11 +24,13 @@ import numpy as np
 import pytest
 
 import build_cache
+import builder.cache_build
+import builder.engines
 from cache.inspect import summarize
 from cache.reader import CacheError, FeatureCache
-from cache.writer import CacheWriter, SettingsMismatch
+from cache.writer import SettingsMismatch
 from pipeline.splits import LIST_FILES, SplitLists, read_split_lists
-from pipeline.synthetic import generate_dataset
+from synthetic import generate_dataset
 from tests.conftest import TINY_SECONDS, build_args
 from tests.test_build_cache import assert_same_content
 
@@ -70,19 +72,19 @@ def reference(small_data, tmp_path_factory) -> Path:
 
 def interrupted_build(monkeypatch, data, out, *extra, after: int) -> Path:
     """Run a build that Ctrl-C stops after ``after`` clips; return its .partial."""
-    original = CacheWriter.write_clip
+    original = builder.cache_build.store_result
     written = []
 
-    def stop_after(self, result):
+    def stop_after(writer, result):
         if len(written) == after:
             raise KeyboardInterrupt
         written.append(result.clip)
-        original(self, result)
+        return original(writer, result)
 
-    monkeypatch.setattr(CacheWriter, "write_clip", stop_after)
+    monkeypatch.setattr(builder.cache_build, "store_result", stop_after)
     with pytest.raises(KeyboardInterrupt):
         build_cache.main(args(data, out, *extra))
-    monkeypatch.setattr(CacheWriter, "write_clip", original)
+    monkeypatch.setattr(builder.cache_build, "store_result", original)
     assert partial_of(out).exists() and not out.exists()
     return partial_of(out)
 
@@ -153,22 +155,22 @@ def test_disk_filling_up_mid_build_stops_with_a_message_and_resumes(small_disk, 
     if how == "to-the-last-byte":
         # Without the writer's reserve the write itself meets the full disk.
         monkeypatch.setattr("cache.writer.RESERVE_BYTES", 0, raising=False)
-    original, written = CacheWriter.write_clip, []
+    original, written = builder.cache_build.store_result, []
 
-    def fill_after_five(self, result):
+    def fill_after_five(writer, result):
         if len(written) == 5:
             fill(disk, leave=0 if how == "to-the-last-byte" else 64 * 1024)
         written.append(result.clip)
-        original(self, result)
+        return original(writer, result)
 
-    monkeypatch.setattr(CacheWriter, "write_clip", fill_after_five)
+    monkeypatch.setattr(builder.cache_build, "store_result", fill_after_five)
     with pytest.raises(ValueError, match=r"(is full|no space left)") as caught:
         build_cache.main(args(small_data, out))
     assert str(disk) in str(caught.value) and "run the same command again" in str(caught.value)
     assert partial_of(out).exists() and not out.exists()
 
     (disk / "filler").unlink()
-    monkeypatch.setattr(CacheWriter, "write_clip", original)
+    monkeypatch.setattr(builder.cache_build, "store_result", original)
     summary = build_cache.main(args(small_data, out))
     assert summary.resumed
     assert_same_content(reference, out)
@@ -464,9 +466,7 @@ def test_out_in_a_missing_folder_is_created(small_data, tmp_path):
 
 def test_out_on_a_read_only_file_system_is_refused_before_the_work(small_disk, small_data, monkeypatch):
     disk = small_disk("1m", "ro")
-    import cache.build
-
-    monkeypatch.setattr(cache.build, "process_clip",
+    monkeypatch.setattr(builder.engines, "process_clip",
                         lambda *a, **k: pytest.fail("a clip was computed for an unwritable --out"))
     with pytest.raises(ValueError, match=rf"--out {re.escape(str(disk))}/c\.h5: cannot write in its folder"):
         build_cache.main(args(small_data, disk / "c.h5"))
@@ -543,8 +543,7 @@ def test_inspect_shows_a_build_in_progress(small_data, tmp_path, monkeypatch):
 
 # -- 9. one error family --------------------------------------------------------------------------
 def test_every_build_error_is_a_user_error():
-    from cache.build import BackendError, DataNotVisible, WorkersLost
-    from cache.writer import NothingUsable
+    from builder import BackendError, DataNotVisible, NothingUsable, WorkersLost
     from common.atomic import StorageError
     from common.errors import UserError
     from common.locks import LockHeld
@@ -581,8 +580,6 @@ def with_groups(lists: SplitLists, group_of) -> SplitLists:
 
 
 def test_groups_are_stored_per_row_and_fingerprinted(small_data, reference, tmp_path, monkeypatch):
-    import cache.build
-
     plain = read_split_lists(small_data)
     settings = FeatureCache(reference).settings
     for split, clips in plain.clips.items():  # without groups: the fingerprint of older builds
@@ -592,7 +589,7 @@ def test_groups_are_stored_per_row_and_fingerprinted(small_data, reference, tmp_
     def track(clip):
         return None if clip.split == "test" else f"track{int(clip.listed[-9:-4]) // 2}"
 
-    monkeypatch.setattr(cache.build, "read_split_lists", lambda root: with_groups(read_split_lists(root), track))
+    monkeypatch.setattr(builder.cache_build, "read_split_lists", lambda root: with_groups(read_split_lists(root), track))
     out = tmp_path / "c.h5"
     build_cache.main(args(small_data, out))
     cache_ = FeatureCache(out)
@@ -605,7 +602,7 @@ def test_groups_are_stored_per_row_and_fingerprinted(small_data, reference, tmp_
         listing = subprocess.run(["h5ls", "-r", str(out)], capture_output=True, text=True, check=True).stdout
         assert re.search(r"^/train/group\s+Dataset", listing, re.M)
 
-    monkeypatch.setattr(cache.build, "read_split_lists",
+    monkeypatch.setattr(builder.cache_build, "read_split_lists",
                         lambda root: with_groups(read_split_lists(root), lambda clip: clip.listed))
     with pytest.raises(SettingsMismatch, match="groups_sha256"):
         build_cache.main(args(small_data, out))

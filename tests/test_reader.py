@@ -1,18 +1,26 @@
-"""Tests of cache.reader on tiny cache files written here with h5py per cache.format."""
+"""Tests of cache.reader on tiny caches written here by cache.writer.CacheWriter.
+
+Files that are damaged, edited or of an older layout on purpose are then changed with
+h5py; everything else is what the writer writes.
+"""
 from __future__ import annotations
 
-import json
 import multiprocessing
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
 from cache.format import (FORMAT_VERSION, OPTIONAL_ROW_FIELDS, ROW_FIELDS, STATUS_DONE, STATUS_SKIPPED,
-                          canonical_json, create_feature_dataset, feature_path, fingerprint)
+                          canonical_json, describe_feature, feature_path, fingerprint, partial_path)
 from cache.reader import CacheError, FeatureCache, H5Array, MemmapArray
+from cache.writer import CacheWriter, NothingUsable, SplitRows
 
+REPO = Path(__file__).resolve().parents[1]
 LABELS = ("blues", "jazz", "rock")
 SAMPLE_RATE = 200
 DURATION = 2.0
@@ -21,76 +29,105 @@ FRAMES = int(DURATION * FRAMES_PER_SECOND)  # 40
 SAMPLES = int(DURATION * SAMPLE_RATE)  # 400
 ROW_SHAPES = {"mel": (N_BINS, FRAMES), "wave": (SAMPLES,)}
 CLIPS = {"train": 4, "valid": 2, "test": 3}
+SKIP_REASON = "cannot load audio: not a readable audio file"
 
 
 def make_settings(*, versions: int, labels=LABELS) -> dict:
-    """Build settings shaped like the writer's, for a tiny two-feature cache."""
+    """Build settings shaped like the builder's, for a tiny two-feature cache."""
     return {
         "format_version": FORMAT_VERSION,
         "sample_rate": SAMPLE_RATE,
         "duration": DURATION,
         "labels": list(labels),
         "features": {
-            "mel": {"kind": "spectrogram", "frames_per_second": FRAMES_PER_SECOND,
-                    "n_mels": N_BINS},
-            "wave": {"kind": "waveform", "frames_per_second": SAMPLE_RATE},
+            "mel": describe_feature({"n_mels": N_BINS}, kind="spectrogram", frames_per_second=FRAMES_PER_SECOND,
+                                    shape=ROW_SHAPES["mel"]),
+            "wave": describe_feature({}, kind="waveform", frames_per_second=SAMPLE_RATE, shape=ROW_SHAPES["wave"]),
         },
         "augment": {"versions": versions},
     }
 
 
-def write_cache(path, *, clips=CLIPS, versions: int = 1, compression: str = "none",
-                skipped=(), complete: int = 1, format_version: int = FORMAT_VERSION,
-                labels=LABELS, seed: int = 0) -> dict:
-    """Write a finished tiny cache following cache/format.py; return what was written.
+def clip_path(clip: int, labels=LABELS) -> str:
+    label = labels[clip % len(labels)]
+    return f"{label}/{label}.{clip:05d}.wav"
 
-    ``skipped`` holds ``(split, clip)`` pairs whose rows are all marked skipped (zeros),
-    as the writer does for undecodable sources. Returns
-    ``{split: {"rows": {field: array}, "mel": array, "wave": array}}``.
+
+def write_cache(path, *, clips=CLIPS, versions: int = 1, compression: str = "none",
+                skipped=(), finish: bool = True, labels=LABELS, seed: int = 0) -> dict:
+    """Write a tiny cache at ``path`` with :class:`CacheWriter`; return what was written.
+
+    ``skipped`` holds ``(split, clip)`` pairs stored as skipped (undecodable sources).
+    ``finish=False`` leaves the build unfinished, as ``<path>.partial``. A split whose
+    every clip is skipped is no cache the writer finishes; such a file is finished by
+    hand here (:func:`finish_by_hand`), for the readers' refusals of it. Returns
+    ``{split: {"rows": {field: array}, "mel": array, "wave": array}}``: what a reader
+    must find, skipped rows as zeros.
     """
     rng = np.random.default_rng(seed)
-    settings = make_settings(versions=versions, labels=labels)
+    layout = {split: SplitRows(paths=tuple(clip_path(c, labels) for c in range(n_clips)),
+                               labels=tuple(c % len(labels) for c in range(n_clips)), versions=versions)
+              for split, n_clips in clips.items()}
     written = {}
-    with h5py.File(path, "w") as f:
-        f.attrs["format_version"] = format_version
-        f.attrs["complete"] = complete
-        f.attrs["settings"] = canonical_json(settings)
-        f.attrs["fingerprint"] = fingerprint(settings)
-        f.attrs["labels"] = json.dumps(list(labels))
-        f.attrs["sample_rate"] = SAMPLE_RATE
-        f.attrs["duration"] = DURATION
-        f.attrs["skipped"] = json.dumps([f"{s}/{c}" for s, c in skipped])
-        for split, n_clips in clips.items():
-            n_rows = n_clips * (versions + 1)
+    with CacheWriter(path, settings=make_settings(versions=versions, labels=labels), layout=layout,
+                     shapes=ROW_SHAPES, compression=compression) as writer:
+        for split, rows in layout.items():
+            n_rows = rows.n_rows
             clip = np.arange(n_rows) // (versions + 1)
-            label = clip % len(labels)
+            version = np.arange(n_rows) % (versions + 1)
             bad = np.isin(clip, [c for s, c in skipped if s == split])
-            rows = {
-                "path": np.array([f"{labels[l]}/{labels[l]}.{c:05d}.wav"
-                                  for c, l in zip(clip, label)]),
-                "label": label.astype(ROW_FIELDS["label"]),
+            augment = [{"gain_db": float(v)} if v else {} for v in version]
+            flags = [("padded", "short") if c == 1 else () for c in clip]
+            data = {name: rng.standard_normal((n_rows, *shape)).astype("<f4") * 3 + 1
+                    for name, shape in ROW_SHAPES.items()}
+            for c in range(len(rows.paths)):
+                if bad[rows.row(c, 0)]:
+                    writer.skip_clip(split, c, SKIP_REASON)
+                    continue
+                indices = [rows.row(c, v) for v in range(versions + 1)]
+                assert writer.write_rows(split, c, [(int(version[i]), {name: data[name][i] for name in data},
+                                                     augment[i], flags[i]) for i in indices]) is None
+            for name in data:
+                data[name][bad] = 0
+            written[split] = {"rows": {
+                "path": np.array([clip_path(c, labels) for c in clip]),
+                "label": (clip % len(labels)).astype(ROW_FIELDS["label"]),
                 "clip": clip.astype(ROW_FIELDS["clip"]),
-                "version": (np.arange(n_rows) % (versions + 1)).astype(ROW_FIELDS["version"]),
-                "augment": np.array(["" if v == 0 else json.dumps({"gain_db": float(v)})
-                                     for v in np.arange(n_rows) % (versions + 1)]),
-                "flags": np.array(["padded,short" if c == 1 else "" for c in clip]),
+                "version": version.astype(ROW_FIELDS["version"]),
+                "augment": np.array(["" if bad[i] or not augment[i] else canonical_json(augment[i])
+                                     for i in range(n_rows)]),
+                "flags": np.array([f"skipped: {SKIP_REASON}" if bad[i] else ",".join(flags[i])
+                                   for i in range(n_rows)]),
                 "status": np.where(bad, STATUS_SKIPPED, STATUS_DONE).astype(ROW_FIELDS["status"]),
-            }
-            group = f.create_group(split)
-            for name, dtype in ROW_FIELDS.items():
-                group.create_dataset(name, data=rows[name].astype(object) if
-                                     h5py.check_string_dtype(dtype) else rows[name], dtype=dtype)
-            features = group.create_group("features")
-            written[split] = {"rows": rows}
-            for name, shape in ROW_SHAPES.items():
-                data = rng.standard_normal((n_rows, *shape)).astype("<f4") * 3 + 1
-                data[bad] = 0
-                dset = create_feature_dataset(features, name, rows=n_rows, shape=shape,
-                                              compression=compression)
-                for r in range(n_rows):  # row by row, like the writer
-                    dset[r] = data[r]
-                written[split][name] = data
+            }, **data}
+        if finish and not writer.unusable_splits():
+            writer.finish()
+    if finish and not Path(path).exists():
+        finish_by_hand(path)
     return written
+
+
+def finish_by_hand(path) -> None:
+    """Mark the unfinished build of ``path`` complete and give it its final name, as the
+    writer does, without its refusal of a split that has no usable clip."""
+    partial = partial_path(path)
+    with h5py.File(partial, "r+") as f:
+        f.attrs["complete"] = 1
+    partial.replace(path)
+
+
+def to_older_layout(path) -> None:
+    """Make ``path`` look like a file written before the optional row fields and the
+    checksum existed, with row text as variable-length strings."""
+    with h5py.File(path, "r+") as f:
+        for split in f:
+            group = f[split]
+            for name in (*OPTIONAL_ROW_FIELDS, "checksum"):
+                del group[name]
+            for name in ("augment", "flags"):
+                values = group[name].asstr()[()].astype(object)
+                del group[name]
+                group.create_dataset(name, data=values, dtype=h5py.string_dtype())
 
 
 @pytest.fixture
@@ -124,7 +161,6 @@ def test_metadata(plain):
     assert cache.sample_rate == SAMPLE_RATE
     assert cache.feature_settings("mel")["kind"] == "spectrogram"
     rows = cache.rows("train")
-    # Files written before the optional fields existed (as write_cache does) read with defaults.
     assert set(rows) == set(ROW_FIELDS) | set(OPTIONAL_ROW_FIELDS)
     assert rows["group"].tolist() == [""] * len(rows["status"])
     for name, expected in written["train"]["rows"].items():
@@ -132,6 +168,19 @@ def test_metadata(plain):
     assert rows["path"].dtype.kind == "U" and rows["augment"].dtype.kind == "U"
     skipped = written["train"]["rows"]["clip"] == 2
     np.testing.assert_array_equal(cache.done_rows("train"), np.flatnonzero(~skipped))
+
+
+def test_file_of_the_older_layout_reads_with_defaults(plain):
+    """A cache written before the optional row fields and fixed-length text still loads."""
+    path, written = plain
+    to_older_layout(path)
+    cache = FeatureCache(path)
+    rows = cache.rows("train")
+    assert set(rows) == set(ROW_FIELDS) | set(OPTIONAL_ROW_FIELDS)
+    assert rows["group"].tolist() == [""] * len(rows["status"])
+    for name, expected in written["train"]["rows"].items():
+        np.testing.assert_array_equal(rows[name], expected)
+    np.testing.assert_array_equal(np.asarray(cache.array("train", "mel")), written["train"]["mel"])
 
 
 @pytest.mark.parametrize("feature", sorted(ROW_SHAPES))
@@ -196,6 +245,57 @@ def test_memmap_rows_at_scattered_offsets(tmp_path):
     np.testing.assert_array_equal(clone[2], data[2])
 
 
+# -- the writer's storage checks -------------------------------------------------------------
+
+
+def tiny_layout() -> dict[str, SplitRows]:
+    return {"train": SplitRows(paths=(clip_path(0), clip_path(1)), labels=(0, 1), versions=1),
+            "valid": SplitRows(paths=(clip_path(2),), labels=(2,), versions=0)}
+
+
+def test_writer_stores_a_clip_with_non_finite_values_as_skipped(tmp_path):
+    path = tmp_path / "cache.h5"
+    good = {name: np.ones(shape, "<f4") for name, shape in ROW_SHAPES.items()}
+    bad = {**good, "mel": good["mel"].copy()}
+    bad["mel"][2, 3] = np.nan
+    with CacheWriter(path, settings=make_settings(versions=1), layout=tiny_layout(), shapes=ROW_SHAPES) as writer:
+        reason = writer.write_rows("train", 0, [(0, good, {}, ()), (1, bad, {"gain_db": 1.0}, ())])
+        assert reason == "feature mel of augmented copy 1 has NaN values (1 of 240)"
+        assert writer.write_rows("train", 1, [(0, good, {}, ("padded",)), (1, good, {"gain_db": 2.0}, ())]) is None
+        writer.skip_clip("valid", 0, "cannot load audio")
+        assert writer.skipped() == [{"split": "train", "path": clip_path(0), "reason": reason},
+                                    {"split": "valid", "path": clip_path(2), "reason": "cannot load audio"}]
+        with pytest.raises(NothingUsable, match="no clip of the valid split"):
+            writer.finish()  # a split without one usable clip is no cache
+    with h5py.File(path.with_name("cache.h5.partial"), "r") as f:
+        assert f["train/status"][...].tolist() == [STATUS_SKIPPED, STATUS_SKIPPED, STATUS_DONE, STATUS_DONE]
+        assert not f["train/features/mel"][0].any() and not f["train/features/mel"][1].any()  # zeroed
+        assert f["train/flags"].asstr()[2] == "padded" and f["train/augment"].asstr()[3] == '{"gain_db":2.0}'
+
+
+@pytest.mark.parametrize("split, clip, rows, message", [
+    ("dev", 0, [], "has no split 'dev'"),
+    ("train", 2, [], "has 2 clips, not a clip 2"),
+    ("train", 0, [(0, {"mel": np.ones((N_BINS, FRAMES + 1), "<f4"), "wave": np.ones(SAMPLES, "<f4")}, {}, ())],
+     r"feature mel of row 0 has shape \(6, 41\), the file holds \(6, 40\)"),
+])
+def test_writer_refuses_rows_that_do_not_fit_the_file(tmp_path, split, clip, rows, message):
+    with CacheWriter(tmp_path / "cache.h5", settings=make_settings(versions=1), layout=tiny_layout(),
+                     shapes=ROW_SHAPES) as writer:
+        with pytest.raises(ValueError, match=message):
+            writer.write_rows(split, clip, rows)
+        assert writer.pending()["train"] == {0: [0, 1], 1: [0, 1]}  # nothing marked done
+
+
+def test_cache_is_storage_only():
+    """Reading and writing caches loads no audio, feature, build or torch code."""
+    code = ("import sys, cache.format, cache.writer, cache.reader, cache.inspect; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pipeline', 'builder', 'models', 'training', "
+            "'synthetic', 'torch', 'librosa'}))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 # -- refusals ------------------------------------------------------------------------------
 
 
@@ -206,14 +306,15 @@ def test_missing_file(tmp_path):
 
 
 def test_missing_file_with_partial_build(tmp_path):
-    write_cache(tmp_path / "cache.h5.partial", complete=0)
+    write_cache(tmp_path / "cache.h5", finish=False)
+    assert (tmp_path / "cache.h5.partial").exists()
     with pytest.raises(CacheError, match="resume"):
         FeatureCache(tmp_path / "cache.h5")
 
 
 def test_partial_file(tmp_path):
     path = tmp_path / "cache.h5.partial"
-    write_cache(path, complete=1)
+    write_cache(path)  # a finished cache, under a name that says otherwise
     with pytest.raises(CacheError, match="unfinished") as err:
         FeatureCache(path)
     assert "re-run the same build_cache.py" in str(err.value)
@@ -230,7 +331,8 @@ def test_incomplete_file(plain):
                                          (FORMAT_VERSION + 1, "newer")])
 def test_wrong_format_version(tmp_path, version, age):
     path = tmp_path / "cache.h5"
-    write_cache(path, format_version=version)
+    write_cache(path)
+    _edit_attrs(path, format_version=version)
     with pytest.raises(CacheError, match=f"{age} format.*rebuild"):
         FeatureCache(path)
 

@@ -155,7 +155,7 @@ def test_missing_root_says_what_was_expected(tmp_path, make_root):
         read_split_lists(root)
     message = str(info.value)
     assert str(root) in message
-    assert "python -m pipeline.synthetic DIR" in message
+    assert "python -m synthetic DIR" in message
     assert "<genre>" in message and "train_filtered.txt" in message
 
 

@@ -1,6 +1,8 @@
-"""Tests for the synthetic GTZAN-shaped data set (pipeline/synthetic.py)."""
+"""Tests for the synthetic GTZAN-shaped data set (the synthetic package)."""
 
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -12,24 +14,24 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.synthetic import (
+from pipeline.splits import LIST_FILES, SPLITS
+from synthetic import (
     DRUM_PATTERNS,
     GENRE_STYLES,
     GENRES,
     INSTRUMENTS,
     KITS,
-    LIST_NAMES,
     PARTS,
-    SPLITS,
     build_instrument,
     build_kit,
     build_part,
     build_style,
     generate_dataset,
-    get_args_parser,
-    main,
     synthesize_clip,
 )
+from synthetic.cli import get_args_parser, main
+
+REPO = Path(__file__).resolve().parents[1]
 
 CLIPS = 6
 SECONDS = 3.0
@@ -45,7 +47,7 @@ def dataset(tmp_path_factory):
 
 
 def _read_list(out: Path, split: str) -> list[str]:
-    return (out / LIST_NAMES[split]).read_text(encoding="utf-8").splitlines()
+    return (out / LIST_FILES[split]).read_text(encoding="utf-8").splitlines()
 
 
 def _stored(out: Path, rel: str) -> Path:
@@ -62,7 +64,7 @@ def test_layout_and_file_names(dataset):
         assert stems == [f"{genre}.{i:05d}" for i in range(CLIPS)], genre
         assert {p.suffix for p in (out / genre).iterdir()} <= {".wav", ".au"}
     assert summary["n_clips"] == CLIPS * len(GENRES)
-    assert all((out / name).is_file() for name in LIST_NAMES.values())
+    assert all((out / name).is_file() for name in LIST_FILES.values())
 
 
 def test_about_fifteen_percent_are_au_but_lists_name_wav(dataset):
@@ -84,7 +86,7 @@ def test_list_format(dataset):
     out, _ = dataset
     seen = {}
     for split in SPLITS:
-        raw = (out / LIST_NAMES[split]).read_bytes()
+        raw = (out / LIST_FILES[split]).read_bytes()
         assert b"\r" not in raw and raw.endswith(b"\n")
         lines = raw.decode("utf-8").split("\n")[:-1]
         assert len(lines) == len(set(lines)), f"duplicates in {split}"
@@ -240,6 +242,21 @@ def test_cli_help_and_summary_line(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and "32 clips" in lines[0] and str(tmp_path) in lines[0]
     assert len(_read_list(tmp_path, "train")) == 16
+
+
+def test_python_m_synthetic_writes_the_set_and_names_a_bad_value(tmp_path):
+    """The command line the demo runs: ``python -m synthetic OUT_DIR [flags]``."""
+    out = tmp_path / "gtzan"
+    done = subprocess.run([sys.executable, "-m", "synthetic", str(out), "--clips-per-genre", "4", "--seconds", "0.2",
+                           "--seed", "3"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "32 clips" in done.stdout and str(out) in done.stdout
+    assert len(_read_list(out, "train")) == 16
+    bad = subprocess.run([sys.executable, "-m", "synthetic", str(tmp_path / "other"), "--clips-per-genre", "3"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "clips_per_genre must be an integer >= 4" in bad.stderr
+    assert bad.stderr.startswith("usage: python -m synthetic") and "Traceback" not in bad.stderr
+    assert not (tmp_path / "other").exists()
 
 
 def _mfcc_stats(path: Path) -> np.ndarray:

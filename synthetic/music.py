@@ -1,57 +1,31 @@
-"""Seeded synthetic data set laid out like GTZAN, for demos and tests.
+"""The music synthesiser behind the demo data set: instruments, drums, parts and genre styles.
 
-Real GTZAN cannot be downloaded here, so this module synthesises short
-"songs" for eight genres named like the course subset.  Each genre has its
-own tempo range, drum pattern, instruments (harmonic wavetables with
-genre-typical brightness and envelopes, distortion for metal, pads for
-classical, ...) and chord progressions in a random key.  Per-clip randomness
-(key, tempo, mix levels, recording colour, noise, loudness and a chance of
-borrowing one part from another genre) makes the classes overlap, so the set
-is learnable but not trivially separable.
+Each genre has its own tempo range, drum pattern, instruments (harmonic wavetables
+with genre-typical brightness and envelopes, distortion for metal, pads for
+classical, ...) and chord progressions in a random key. Per-clip randomness (key,
+tempo, mix levels, recording colour, noise, loudness and a chance of borrowing one
+part from another genre) makes the classes overlap, so the set is learnable but not
+trivially separable.
 
-Layout (as GTZAN)::
-
-    OUT_DIR/<genre>/<genre>.000NN.wav      mono, 16-bit PCM
-    OUT_DIR/<genre>/<genre>.000NN.au       ~15 % of the clips (same stem)
-    OUT_DIR/{train,valid,test}_filtered.txt
-
-The lists always name ``.wav`` even where the clip is stored as ``.au``,
-because GTZAN ships ``.au`` files while its usual split lists name ``.wav``.
-
-Command line::
-
-    python -m pipeline.synthetic OUT_DIR [--clips-per-genre N] [--seconds S]
-        [--seed S] [--sr HZ] [--au-fraction F] [--jobs N]
+>>> y = synthesize_clip("jazz", seconds=1.0, sr=22050, rng=np.random.default_rng(0))
+>>> y.shape
+(22050,)
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import numbers
-import time
-import zlib
 from dataclasses import dataclass, replace
-from pathlib import Path
 
-import joblib
 import numpy as np
-import soundfile as sf
 from scipy import signal
 
-GENRES = ("classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae")
-SPLITS = ("train", "valid", "test")
-LIST_NAMES = {split: f"{split}_filtered.txt" for split in SPLITS}
+from pipeline.checks import is_int, is_real
 
-# Tags mixed into SeedSequence entropy so that the clip, .au-choice and split
-# streams never share random numbers even for equal (genre, index) pairs.
-_STREAM_CLIP = 1
-_STREAM_AU = 2
-_STREAM_SPLIT = 3
+GENRES = ("classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae")
 
 _TABLE_SIZE = 2048
-_MIN_SR = 8000
-
+MIN_SR = 8000
 
 # --------------------------------------------------------------------------
 # Instruments: harmonic wavetables with an amplitude envelope
@@ -851,7 +825,7 @@ def synthesize_clip(genre: str, *, seconds: float, sr: int, rng: np.random.Gener
     ((22050,), dtype('float32'))
     """
     style = build_style(genre)
-    _check_clip_args(seconds, sr)
+    check_clip_args(seconds, sr)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
     sr = int(sr)
@@ -895,186 +869,11 @@ def synthesize_clip(genre: str, *, seconds: float, sr: int, rng: np.random.Gener
     return mix.astype(np.float32)
 
 
-# --------------------------------------------------------------------------
-# Data set on disk
-# --------------------------------------------------------------------------
-
-
-def _clip_rng(seed: int, genre: str, index: int) -> np.random.Generator:
-    """Per-clip generator from (seed, genre, index), independent of job order."""
-    return np.random.default_rng(np.random.SeedSequence([seed, _STREAM_CLIP, zlib.crc32(genre.encode()), index]))
-
-
-def _write_clip(path_wav: Path, audio: np.ndarray, *, sr: int, as_au: bool) -> Path:
-    """Write 16-bit PCM as .wav or .au and remove the other twin so one file per stem exists."""
-    pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
-    target = path_wav.with_suffix(".au") if as_au else path_wav
-    twin = path_wav if as_au else path_wav.with_suffix(".au")
-    sf.write(target, pcm, sr, format="AU" if as_au else "WAV", subtype="PCM_16")
-    twin.unlink(missing_ok=True)
-    return target
-
-
-def _make_and_write(out_dir: Path, genre: str, index: int, *, seconds: float, sr: int, seed: int,
-                    as_au: bool) -> str:
-    audio = synthesize_clip(genre, seconds=seconds, sr=sr, rng=_clip_rng(seed, genre, index))
-    return _write_clip(out_dir / genre / f"{genre}.{index:05d}.wav", audio, sr=sr, as_au=as_au).name
-
-
-def _split_sizes(n: int) -> tuple[int, int, int]:
-    """About 50/25/25 with every split non-empty for n >= 4."""
-    n_train = n // 2
-    n_valid = (n - n_train) // 2
-    return n_train, n_valid, n - n_train - n_valid
-
-
-def _make_splits(clips_per_genre: int, seed: int) -> dict[str, list[str]]:
-    """Stratified, deterministically shuffled relative paths per split."""
-    lists = {split: [] for split in SPLITS}
-    for genre in GENRES:
-        rng = np.random.default_rng(np.random.SeedSequence([seed, _STREAM_SPLIT, zlib.crc32(genre.encode())]))
-        order = rng.permutation(clips_per_genre)
-        n_train, n_valid, _ = _split_sizes(clips_per_genre)
-        bounds = {"train": order[:n_train], "valid": order[n_train : n_train + n_valid],
-                  "test": order[n_train + n_valid :]}
-        for split, idx in bounds.items():
-            lists[split].extend(f"{genre}/{genre}.{i:05d}.wav" for i in sorted(idx))
-    shuffle = np.random.default_rng(np.random.SeedSequence([seed, _STREAM_SPLIT]))
-    return {split: [paths[i] for i in shuffle.permutation(len(paths))] for split, paths in lists.items()}
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _is_real(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _check_clip_args(seconds, sr) -> None:
-    if not (_is_real(seconds) and seconds > 0):
+def check_clip_args(seconds, sr) -> None:
+    """Refuse a clip length or sample rate the synthesiser cannot use (ValueError naming it)."""
+    if not (is_real(seconds) and seconds > 0):
         raise ValueError(f"seconds must be a positive finite number, got {seconds!r}")
-    if not (_is_int(sr) and sr >= _MIN_SR):
-        raise ValueError(f"sr must be an integer sample rate of at least {_MIN_SR} Hz, got {sr!r}")
+    if not (is_int(sr) and sr >= MIN_SR):
+        raise ValueError(f"sr must be an integer sample rate of at least {MIN_SR} Hz, got {sr!r}")
     if round(seconds * sr) < 1:
         raise ValueError(f"seconds={seconds!r} gives no samples at sr={sr}; ask for at least {1 / sr:.2g} s")
-
-
-def _check_args(clips_per_genre, seconds, seed, sr, au_fraction, jobs) -> None:
-    if not (_is_int(clips_per_genre) and clips_per_genre >= 4):
-        raise ValueError(f"clips_per_genre must be an integer >= 4 so that train/valid/test are all non-empty, "
-                         f"got {clips_per_genre!r}")
-    _check_clip_args(seconds, sr)
-    if not (_is_int(seed) and seed >= 0):
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if not (_is_real(au_fraction) and 0.0 <= au_fraction <= 1.0):
-        raise ValueError(f"au_fraction must lie in [0, 1], got {au_fraction!r}")
-    if not (_is_int(jobs) and jobs != 0):
-        raise ValueError(f"jobs must be a non-zero integer (-1 = all cores), got {jobs!r}")
-
-
-def generate_dataset(out_dir, *, clips_per_genre: int = 40, seconds: float = 30.0, seed: int = 0,
-                     sr: int = 22050, au_fraction: float = 0.15, jobs: int = 1) -> dict:
-    """Write a GTZAN-shaped synthetic data set to ``out_dir``.
-
-    Files this function owns (``<genre>/<genre>.NNNNN.{wav,au}`` for the
-    requested indices and the three ``*_filtered.txt`` lists) are
-    overwritten; anything else in ``out_dir`` is left alone.
-
-    Parameters
-    ----------
-    out_dir : str or path-like
-        Destination folder, created if missing.
-    clips_per_genre : int
-        Clips per genre (>= 4), split about 50/25/25 into train/valid/test.
-    seconds : float
-        Length of every clip.
-    seed : int
-        Non-negative seed; same arguments and seed give byte-identical files.
-    sr : int
-        Sample rate in Hz.
-    au_fraction : float
-        Fraction of clips stored as ``.au`` (the lists still name ``.wav``).
-    jobs : int
-        Parallel worker processes (joblib; -1 = all cores).  Does not change the output.
-
-    Returns
-    -------
-    dict
-        ``out_dir``, ``n_clips``, ``n_au``, ``splits`` (split -> count),
-        ``clips_per_genre``, ``seconds``, ``sr``, ``seed``.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> summary = generate_dataset(tempfile.mkdtemp(), clips_per_genre=4, seconds=0.5)
-    >>> summary["splits"]
-    {'train': 16, 'valid': 8, 'test': 8}
-    """
-    _check_args(clips_per_genre, seconds, seed, sr, au_fraction, jobs)
-    clips_per_genre, seed, sr, seconds = int(clips_per_genre), int(seed), int(sr), float(seconds)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output path {out_dir} exists and is not a folder; choose another OUT_DIR")
-    for genre in GENRES:
-        (out_dir / genre).mkdir(parents=True, exist_ok=True)
-
-    clips = [(genre, i) for genre in GENRES for i in range(clips_per_genre)]
-    n_au = int(round(au_fraction * len(clips)))
-    au_rng = np.random.default_rng(np.random.SeedSequence([seed, _STREAM_AU]))
-    au_set = set(au_rng.choice(len(clips), size=n_au, replace=False).tolist())
-
-    jobs_list = (joblib.delayed(_make_and_write)(out_dir, genre, i, seconds=seconds, sr=sr, seed=seed,
-                                                 as_au=k in au_set) for k, (genre, i) in enumerate(clips))
-    joblib.Parallel(n_jobs=jobs)(jobs_list)
-
-    splits = _make_splits(clips_per_genre, seed)
-    for split, paths in splits.items():
-        with open(out_dir / LIST_NAMES[split], "w", encoding="utf-8", newline="\n") as f:
-            f.writelines(p + "\n" for p in paths)
-    return {"out_dir": str(out_dir), "n_clips": len(clips), "n_au": n_au,
-            "splits": {split: len(paths) for split, paths in splits.items()},
-            "clips_per_genre": clips_per_genre, "seconds": seconds, "sr": sr, "seed": seed}
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    """Command-line options of ``python -m pipeline.synthetic``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.synthetic",
-        description="Write a seeded synthetic data set laid out like GTZAN: OUT_DIR/<genre>/<genre>.NNNNN.wav "
-                    f"(mono 16-bit PCM; about --au-fraction of them stored as .au) for the genres {', '.join(GENRES)}, "
-                    "plus train/valid/test_filtered.txt lists (about 50/25/25 per genre) that always name .wav. "
-                    "Existing files with those names in OUT_DIR are overwritten (and a clip's stale .wav/.au twin "
-                    "is removed); other files are left alone.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="destination folder (created if missing)")
-    parser.add_argument("--clips-per-genre", type=int, default=40, metavar="N", help="clips per genre, at least 4")
-    parser.add_argument("--seconds", type=float, default=30.0, metavar="S", help="length of every clip in seconds")
-    parser.add_argument("--seed", type=int, default=0, metavar="S",
-                        help="non-negative seed; the same arguments and seed give byte-identical files")
-    parser.add_argument("--sr", type=int, default=22050, metavar="HZ", help=f"sample rate in Hz (at least {_MIN_SR})")
-    parser.add_argument("--au-fraction", type=float, default=0.15, metavar="F",
-                        help="fraction of clips stored as .au instead of .wav (0 to 1)")
-    parser.add_argument("--jobs", type=int, default=1, metavar="N",
-                        help="parallel worker processes, -1 for all cores; does not change the output")
-    return parser
-
-
-def main(args) -> None:
-    """Generate the data set described by parsed ``args`` and print a one-line summary."""
-    start = time.perf_counter()
-    summary = generate_dataset(args.out_dir, clips_per_genre=args.clips_per_genre, seconds=args.seconds,
-                               seed=args.seed, sr=args.sr, au_fraction=args.au_fraction, jobs=args.jobs)
-    s = summary["splits"]
-    print(f"wrote {summary['n_clips']} clips ({summary['n_au']} as .au) of {summary['seconds']:g} s at "
-          f"{summary['sr']} Hz to {summary['out_dir']}: train {s['train']} / valid {s['valid']} / test {s['test']} "
-          f"in {time.perf_counter() - start:.1f} s")
-
-
-if __name__ == "__main__":
-    _parser = get_args_parser()
-    try:
-        main(_parser.parse_args())
-    except ValueError as err:  # bad values: usage line plus the reason, no traceback
-        _parser.error(str(err))
