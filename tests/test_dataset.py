@@ -1,4 +1,4 @@
-"""Tests of cache.dataset on tiny cache files (builder shared with test_reader)."""
+"""Tests of training.data on tiny cache files (builder shared with test_reader)."""
 from __future__ import annotations
 
 import multiprocessing
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from cache.dataset import SegmentDataset, compute_normalization
+from training.data import SegmentDataset, compute_normalization
 from cache.reader import FeatureCache
 from tests.test_reader import (CLIPS, FRAMES, FRAMES_PER_SECOND, LABELS, N_BINS, SAMPLES,
                                write_cache)
@@ -293,7 +293,7 @@ def test_workers_match_single_process(request, context, fixture):
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("feature", ["mel", "wave"])
 def test_batch_loader_equals_per_item_collation(request, fixture, train, feature):
-    from cache.dataset import batch_loader
+    from training.data import batch_loader
 
     path, _ = request.getfixturevalue(fixture)
     mean, std = compute_normalization(path, feature)

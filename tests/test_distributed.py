@@ -25,7 +25,7 @@ import train
 from cache import build as cache_build
 from cache.build import BackendError, DataNotVisible
 from cache.writer import CacheWriter
-from models.checkpoint import load_checkpoint
+from training.checkpoint import load_checkpoint
 from pipeline.synthetic import generate_dataset
 from tests.conftest import TINY_SECONDS, build_args
 from tests.test_build_cache import assert_same_content
