@@ -9,6 +9,7 @@ item, one copy into a contiguous float32 array, then ``torch.from_numpy``.
 """
 from __future__ import annotations
 
+import copy
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -201,7 +202,7 @@ class SegmentDataset(Dataset):
         self.splits = _check_splits(self.cache, splits)
         self.train = bool(train)
         self.crops_per_clip = positive_int("crops_per_clip", crops_per_clip)
-        self.seed = _nonnegative_int("seed", seed)
+        self.seed = nonnegative_int("seed", seed)
         self.epoch = 0
         self._arrays = tuple(self.cache.array(s, feature, backend=backend) for s in self.splits)
         self._row_shape = self._check_row_shapes()
@@ -333,19 +334,46 @@ class SegmentDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the training crops of ``epoch`` (call before iterating each epoch)."""
-        self.epoch = _nonnegative_int("epoch", epoch)
+        self.epoch = nonnegative_int("epoch", epoch)
 
     def _epoch_plan(self) -> tuple[list[int], list[int]]:
         if self._plan is None or self._plan[0] != self.epoch:
-            rng = np.random.default_rng((self.seed, self.epoch))
-            clip_of_item = np.tile(np.arange(self.n_clips), self.crops_per_clip)
-            counts = np.diff(self._row_ptr)[clip_of_item]
-            picked = self._row_ptr[clip_of_item] + rng.integers(0, counts)
-            starts = rng.integers(0, self.clip_frames - self.segment_frames + 1,
-                                  size=clip_of_item.size)
-            # Python lists: item lookups then cost no numpy scalar conversions.
-            self._plan = (self.epoch, picked.tolist(), starts.tolist())
+            self._plan = (self.epoch, *self._draw_plan(self.epoch))
         return self._plan[1], self._plan[2]
+
+    def _draw_plan(self, epoch: int) -> tuple[list[int], list[int]]:
+        """The usable row and crop start of every training item of ``epoch``."""
+        rng = np.random.default_rng((self.seed, epoch))
+        clip_of_item = np.tile(np.arange(self.n_clips), self.crops_per_clip)
+        counts = np.diff(self._row_ptr)[clip_of_item]
+        picked = self._row_ptr[clip_of_item] + rng.integers(0, counts)
+        starts = rng.integers(0, self.clip_frames - self.segment_frames + 1, size=clip_of_item.size)
+        # Python lists: item lookups then cost no numpy scalar conversions.
+        return picked.tolist(), starts.tolist()
+
+    def training_crops(self, epoch: int) -> list[tuple[str, int, int]]:
+        """``(split, row, start)`` of every training item of ``epoch``, in item order.
+
+        What the items of that epoch are cut from (``row`` indexes the split's rows);
+        the dataset's own epoch is left as it is.
+        """
+        if not self.train:
+            raise ValueError("training_crops: an evaluation dataset has no random crops")
+        picked, starts = self._draw_plan(nonnegative_int("epoch", epoch))
+        return [(self.splits[self._row_split_list[k]], self._rows_list[k], start) for k, start in zip(picked, starts)]
+
+    def reading_from(self, arrays) -> "SegmentDataset":
+        """A copy of this dataset whose rows come from ``arrays``, one per split.
+
+        Each array takes ``crop(row, start, stop)`` like :meth:`cache.reader.FeatureCache.array`'s
+        (e.g. rows held in memory): benchmarks use it to tell the reading from the rest.
+        """
+        arrays = tuple(arrays)
+        if len(arrays) != len(self.splits):
+            raise ValueError(f"reading_from: give one array per split {self.splits}, not {len(arrays)}")
+        clone = copy.copy(self)
+        clone._arrays = arrays
+        return clone
 
     # -- items ----------------------------------------------------------------------------
 
@@ -464,7 +492,7 @@ def _check_splits(cache: FeatureCache, splits) -> tuple[str, ...]:
     return splits
 
 
-def _nonnegative_int(name: str, value) -> int:
+def nonnegative_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"{name}={value!r} must be an integer >= 0")
     return int(value)
