@@ -11,7 +11,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import evaluate  # noqa: E402
 import mfcc_svm  # noqa: E402
-from common.errors import UserError  # noqa: E402
 from tests.test_predict import tiny_runs  # noqa: E402
 from training.artifacts import results_summary, write_results  # noqa: E402
 
@@ -54,13 +53,3 @@ def test_results_with_a_non_finite_number_are_not_written(tmp_path):
     with pytest.raises(ValueError):  # a NaN in results.json would hide a failed run
         write_results(tmp_path / "results.json", summary)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_svm_reference_checks_its_out_dir_before_any_work(tmp_path):
-    blocker = tmp_path / "taken"
-    blocker.write_text("not a folder\n")
-    with pytest.raises(UserError, match=r"--out-dir .*taken is a file") as caught:
-        mfcc_svm.main(mfcc_svm.get_args_parser().parse_args(["--cache", str(tmp_path / "no-cache.h5"),
-                                                             "--out-dir", str(blocker)]))
-    assert str(blocker) in str(caught.value)
-    assert blocker.read_text() == "not a folder\n"

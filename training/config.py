@@ -300,11 +300,5 @@ class PredictConfig:
             raise PredictError(f"--device {self.device}: choose one of {', '.join(DEVICES)}")
 
 
-def field_default(cls, name: str):
-    """The default of field ``name`` of config class ``cls`` (what the parsers show)."""
-    spec = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
-
-
-__all__ = ["TrainConfig", "EvalConfig", "PredictConfig", "flag", "field_default", "DEFAULT_CACHE",
+__all__ = ["TrainConfig", "EvalConfig", "PredictConfig", "flag", "DEFAULT_CACHE",
            "DEFAULT_OUT_DIR", "DEFAULT_MASK", "DEVICES", "OPTIMIZER_NAMES", "RUN_DEFINING", "SCHEDULES"]

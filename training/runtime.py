@@ -19,7 +19,7 @@ from training.errors import TrainError
 
 __all__ = ["DEVICES", "Dist", "setup_distributed", "teardown_distributed", "resolve_device",
            "seed_everything", "default_workers", "amp_enabled", "autocast", "make_scaler", "unwrap",
-           "on_main", "any_rank", "reduce_stats", "sync_buffers", "barrier"]
+           "on_main", "any_rank", "reduce_stats", "sync_buffers", "barrier", "gather_objects"]
 
 
 @dataclass(frozen=True)
