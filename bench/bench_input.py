@@ -2,11 +2,12 @@
 
     python bench/bench_input.py [--clips 400] [--epochs 3] [--workers 0]
 
-Builds a temporary cache of random log-mel-shaped rows (the loader's cost does not
-depend on the values), then times the same training epochs twice, alternating:
-(a) SegmentDataset over the memory-mapped cache through a DataLoader, exactly as
-train.py does; (b) the same number of batches of the same shape taken from one
-tensor already in memory. Prints the time per epoch of each and the ratio (a)/(b).
+Builds a temporary cache of random log-mel-shaped rows with the cache writer (the
+loader's cost does not depend on the values), then times the same training epochs
+twice, alternating: (a) SegmentDataset over the memory-mapped cache through a
+DataLoader, exactly as train.py does (``training.data.make_loader``); (b) the same
+number of batches of the same shape taken from one tensor already in memory. Prints
+the time per epoch of each and the ratio (a)/(b).
 """
 from __future__ import annotations
 
@@ -17,47 +18,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cache.dataset import SegmentDataset, compute_normalization  # noqa: E402
-from cache.format import (FORMAT_VERSION, ROW_FIELDS, STATUS_DONE, canonical_json,  # noqa: E402
-                          create_feature_dataset, fingerprint)
 from cache.reader import FeatureCache  # noqa: E402
 from models import build_model  # noqa: E402
-from train import make_loader  # noqa: E402
+from random_cache import write_random_cache  # noqa: E402
+from training.data import SegmentDataset, compute_normalization, make_loader  # noqa: E402
 
 LABELS = ["a", "b", "c", "d", "e", "f", "g", "h"]
-
-
-def write_random_cache(path: Path, *, clips: int, n_bins: int, frames: int, seed: int = 0) -> None:
-    """A finished cache with one 'mel' feature of random values and a small valid/test split."""
-    rng = np.random.default_rng(seed)
-    settings = {"format_version": FORMAT_VERSION, "sample_rate": 22050, "duration": frames * 512 / 22050,
-                "labels": LABELS, "compression": "none", "augment": {"versions": 0},
-                "features": {"mel": {"kind": "spectrogram", "frames_per_second": 22050 / 512,
-                                     "shape": [n_bins, frames]}}, "sources": {}}
-    with h5py.File(path, "w") as f:
-        for key, value in (("format_version", FORMAT_VERSION), ("complete", 1),
-                           ("fingerprint", fingerprint(settings)), ("settings", canonical_json(settings)),
-                           ("labels", canonical_json(LABELS)), ("sample_rate", 22050),
-                           ("duration", settings["duration"]), ("skipped", "[]")):
-            f.attrs[key] = value
-        for split, n in (("train", clips), ("valid", 8), ("test", 8)):
-            group = f.create_group(split)
-            rows = {"path": np.array([f"x/{i}.wav" for i in range(n)], dtype=object),
-                    "label": rng.integers(0, len(LABELS), n), "clip": np.arange(n),
-                    "version": np.zeros(n), "augment": np.full(n, "", dtype=object),
-                    "flags": np.full(n, "", dtype=object), "status": np.full(n, STATUS_DONE)}
-            for name, dtype in ROW_FIELDS.items():
-                group.create_dataset(name, data=rows[name], dtype=dtype)
-            dset = create_feature_dataset(group.create_group("features"), "mel", rows=n, shape=(n_bins, frames))
-            for i in range(n):
-                dset[i] = rng.standard_normal((n_bins, frames), dtype=np.float32)
 
 
 def train_epoch(model, optimizer, batches) -> int:
@@ -87,7 +59,8 @@ def main(args) -> dict:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.h5"
-        write_random_cache(path, clips=args.clips, n_bins=args.n_bins, frames=args.frames)
+        write_random_cache(path, clips=args.clips, n_bins=args.n_bins, frames=args.frames, labels=LABELS,
+                           eval_clips=8)
         cache = FeatureCache(path)
         mean, std = compute_normalization(cache, "mel")
         dataset = SegmentDataset(path, feature="mel", segment_frames=args.segment, train=True, mean=mean, std=std)

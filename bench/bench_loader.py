@@ -1,6 +1,6 @@
 """Benchmark random segment crops out of a feature cache.
 
-Builds a temporary cache of random log-mel-sized rows (format of cache/format.py) and
+Builds a temporary cache of random log-mel-sized rows (with the cache writer) and
 measures, in one run and on the same crops, how many crops per second come from:
 
 * SegmentDataset indexing with the memmap backend (the training path),
@@ -17,8 +17,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import sys
 import tempfile
 import time
@@ -31,47 +29,12 @@ from torch.utils.data import DataLoader, RandomSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from cache.dataset import SegmentDataset, batch_loader  # noqa: E402
-from cache.format import (FORMAT_VERSION, ROW_FIELDS, STATUS_DONE, canonical_json,  # noqa: E402
-                          create_feature_dataset, fingerprint)
 from cache.reader import FeatureCache  # noqa: E402
+from random_cache import write_random_cache  # noqa: E402
+from training.data import SegmentDataset, batch_loader  # noqa: E402
 
 LABELS = [f"genre{i}" for i in range(10)]
-SAMPLE_RATE, HOP = 22050, 512
 GOAL_VS_RAM, GOAL_VS_H5PY = 0.8, 3.0
-
-
-def write_random_cache(path, *, clips: int, n_bins: int, frames: int, seed: int = 0) -> None:
-    """Write a finished one-split ("train") cache of random float32 ``(n_bins, frames)`` rows.
-
-    The other splits hold one clip each, so the file has the layout readers expect.
-    """
-    rng = np.random.default_rng(seed)
-    settings = {
-        "format_version": FORMAT_VERSION, "sample_rate": SAMPLE_RATE,
-        "duration": frames * HOP / SAMPLE_RATE, "labels": LABELS,
-        "features": {"mel": {"kind": "spectrogram", "n_mels": n_bins, "hop_length": HOP,
-                             "frames_per_second": SAMPLE_RATE / HOP}},
-        "augment": {"versions": 0},
-    }
-    with h5py.File(path, "w") as f:
-        f.attrs.update({"format_version": FORMAT_VERSION, "complete": 1,
-                        "fingerprint": fingerprint(settings), "settings": canonical_json(settings),
-                        "labels": json.dumps(LABELS), "sample_rate": SAMPLE_RATE,
-                        "duration": settings["duration"], "skipped": "[]"})
-        for split, n in (("train", clips), ("valid", 1), ("test", 1)):
-            group = f.create_group(split)
-            label = np.arange(n) % len(LABELS)
-            names = [f"{LABELS[l]}/{LABELS[l]}.{i:05d}.wav" for i, l in enumerate(label)]
-            columns = {"path": names,
-                       "label": label, "clip": np.arange(n), "version": np.zeros(n),
-                       "augment": [""] * n, "flags": [""] * n, "status": np.full(n, STATUS_DONE)}
-            for name, dtype in ROW_FIELDS.items():
-                group.create_dataset(name, data=np.asarray(columns[name], dtype=dtype))
-            dset = create_feature_dataset(group.create_group("features"), "mel", rows=n,
-                                          shape=(n_bins, frames))
-            for i in range(n):
-                dset[i] = rng.normal(-30, 10, size=(n_bins, frames)).astype("<f4")
 
 
 def crops_per_second(read, crops, seconds: float) -> float:
@@ -133,13 +96,7 @@ class InRamArray:
 
 def epoch_crops(dataset: SegmentDataset, epochs: int) -> list[tuple[int, int]]:
     """The (row, start) crops the dataset draws in its first ``epochs`` epochs."""
-    crops = []
-    for epoch in range(epochs):
-        dataset.set_epoch(epoch)
-        picked, starts = dataset._epoch_plan()  # bench-only peek at the crop plan
-        crops += [(int(dataset._rows[k]), int(t)) for k, t in zip(picked, starts)]
-    dataset.set_epoch(0)
-    return crops
+    return [(row, start) for epoch in range(epochs) for _, row, start in dataset.training_crops(epoch)]
 
 
 def main(argv=None) -> None:
@@ -159,7 +116,8 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = Path(tmp) / "bench_cache.h5"
         t0 = time.perf_counter()
-        write_random_cache(path, clips=args.clips, n_bins=args.bins, frames=args.frames)
+        write_random_cache(path, clips=args.clips, n_bins=args.bins, frames=args.frames, labels=LABELS,
+                           loc=-30.0, scale=10.0)
         size_mb = path.stat().st_size / 2**20
         print(f"cache: {args.clips} clips x {args.bins} x {args.frames} float32 = "
               f"{size_mb:.0f} MiB,"
@@ -174,8 +132,7 @@ def main(argv=None) -> None:
         mapped = FeatureCache(path).array("train", "mel", backend="memmap")
         in_ram = np.array(mapped)
         # The same dataset code reading from RAM isolates what the memory map costs.
-        dataset_ram = copy.copy(dataset)
-        dataset_ram._arrays = (InRamArray(in_ram),)  # bench-only swap of the row source
+        dataset_ram = dataset.reading_from([InRamArray(in_ram)])
         S = args.segment
 
         def from_ram(row, t):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,8 +25,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cache.reader import CacheError, FeatureCache  # noqa: E402
-from train import clip_report  # noqa: E402
+from cache.reader import FeatureCache  # noqa: E402
+from common.atomic import write_json  # noqa: E402
+from common.cli import run  # noqa: E402
+from training.artifacts import SPLITS, results_summary, write_metrics, write_results  # noqa: E402
+from training.folders import check_output_folder  # noqa: E402
+from training.scoring import clip_report  # noqa: E402
 
 C_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
 GAMMA_GRID = ("scale", 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -82,30 +85,25 @@ def fit_and_choose(train, valid):
 
 def main(args) -> dict:
     start = time.perf_counter()
+    out_dir = check_output_folder(args.out_dir, flag="--out-dir")  # before any work
     cache = FeatureCache(args.cache)
-    data = {split: clip_vectors(cache, split) for split in ("train", "valid", "test")}
+    data = {split: clip_vectors(cache, split) for split in ("train", *SPLITS)}
     _, c, gamma, model = fit_and_choose(data["train"], data["valid"])
     labels = list(cache.labels)
-    results = {split: clip_report(data[split][1], model.predict(data[split][0]), labels)
-               for split in ("valid", "test")}
-    summary = {"valid_acc": results["valid"]["clip_acc"], "test_acc": results["test"]["clip_acc"],
-               "valid_trained_on": False, "labels": labels, "cache_fingerprint": cache.fingerprint,
-               "data_fingerprint": cache.data_fingerprint,
-               "model": "mfcc-svm", "feature": "mfcc", "svm": {"C": c, "gamma": gamma},
-               "parameters": int(model[-1].support_vectors_.size), "augment_versions": 0,
-               "train_seconds": time.perf_counter() - start, **results}
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "args.json").write_text(json.dumps({**vars(args), "model": "mfcc-svm", "feature": "mfcc"}, indent=2))
-    (out_dir / "metrics.jsonl").write_text("")
-    (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
+    reports = {split: clip_report(data[split][1], model.predict(data[split][0]), labels) for split in SPLITS}
+    facts = {"cache_fingerprint": cache.fingerprint, "data_fingerprint": cache.data_fingerprint,
+             "model": "mfcc-svm", "feature": "mfcc", "svm": {"C": c, "gamma": gamma},
+             "parameters": int(model[-1].support_vectors_.size), "augment_versions": 0,
+             "train_seconds": time.perf_counter() - start}
+    # The schema of a trained run's results.json, without segment scores: a clip is one vector.
+    summary = results_summary(reports, labels=labels, trained_on_valid=False, facts=facts)
+    write_json(out_dir / "args.json", {**vars(args), "model": "mfcc-svm", "feature": "mfcc"})
+    write_metrics(out_dir / "metrics.jsonl", [])
+    write_results(out_dir / "results.json", summary)
     print(f"MFCC statistics + RBF SVM (C={c}, gamma={gamma}, chosen on valid): "
           f"valid {summary['valid_acc']:.4f}  test {summary['test_acc']:.4f}")
     return summary
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except CacheError as exc:
-        sys.exit(f"error: {exc}")
+    run(main, get_args_parser(), interrupted="the reference was not written; run the same command again")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 
 from torch import nn
 
@@ -87,7 +86,7 @@ def list_models() -> list[str]:
 
 
 def model_input_kind(name: str) -> str:
-    """``"spectrogram"`` or ``"waveform"``: what model ``name`` expects as input.
+    """``common.kinds.SPECTROGRAM`` or ``WAVEFORM``: what model ``name`` expects as input.
 
     Examples
     --------
@@ -107,27 +106,3 @@ def count_parameters(model: nn.Module) -> int:
     8
     """
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def parse_model_settings(items) -> dict:
-    """``["channels=64", "kernel_sizes=8,8,4", "padding=valid"]`` -> keyword arguments.
-
-    A value is JSON when it parses as JSON (numbers, ``true``, ``null``, ``[1, 2]``),
-    a list of such values when it has commas, and text otherwise.
-
-    >>> parse_model_settings(["channels=64", "kernel_sizes=8,8,4", "padding=valid", "dropout=0.3"])
-    {'channels': 64, 'kernel_sizes': [8, 8, 4], 'padding': 'valid', 'dropout': 0.3}
-    """
-    def value_of(text: str):
-        try:
-            return json.loads(text)
-        except ValueError:
-            return [value_of(part) for part in text.split(",")] if "," in text else text
-
-    settings = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"model setting {item!r}: expected KEY=VALUE, e.g. channels=64")
-        settings[key.strip()] = value_of(text.strip())
-    return settings

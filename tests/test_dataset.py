@@ -1,15 +1,17 @@
-"""Tests of cache.dataset on tiny cache files (builder shared with test_reader)."""
+"""Tests of training.data on tiny cache files (builder shared with test_reader)."""
 from __future__ import annotations
 
 import multiprocessing
 import pickle
 
+import h5py
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from cache.dataset import SegmentDataset, compute_normalization
+from training.data import SegmentDataset, compute_normalization
+from cache.format import STATUS_SKIPPED
 from cache.reader import FeatureCache
 from tests.test_reader import (CLIPS, FRAMES, FRAMES_PER_SECOND, LABELS, N_BINS, SAMPLES,
                                write_cache)
@@ -175,7 +177,6 @@ def test_normalization_matches_numpy(plain, feature, axes, shape):
 def test_normalization_floors_constant_bins(tmp_path):
     path = tmp_path / "cache.h5"
     write_cache(path)
-    import h5py
     with h5py.File(path, "r+") as f:
         mel = f["train/features/mel"]
         for r in range(mel.shape[0]):
@@ -222,8 +223,11 @@ def test_segment_longer_than_clip(plain):
 
 @pytest.mark.parametrize("train", [True, False])
 def test_split_without_usable_clips(tmp_path, train):
+    # The writer refuses to finish a split without a usable clip: this file is edited into one.
     path = tmp_path / "cache.h5"
-    write_cache(path, skipped=[("valid", 0), ("valid", 1)])
+    write_cache(path)
+    with h5py.File(path, "r+") as f:
+        f["valid/status"][...] = STATUS_SKIPPED
     message = f"split 'valid' of cache .*{path.name} has no usable clips"
     with pytest.raises(ValueError, match=message):
         SegmentDataset(path, feature="mel", splits=("train", "valid"), segment_frames=SEGMENT,
@@ -293,7 +297,7 @@ def test_workers_match_single_process(request, context, fixture):
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("feature", ["mel", "wave"])
 def test_batch_loader_equals_per_item_collation(request, fixture, train, feature):
-    from cache.dataset import batch_loader
+    from training.data import batch_loader
 
     path, _ = request.getfixturevalue(fixture)
     mean, std = compute_normalization(path, feature)

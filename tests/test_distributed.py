@@ -25,8 +25,8 @@ import builder.cache_build
 import builder.engines
 import train
 from builder import BackendError, DataNotVisible
-from models.checkpoint import load_checkpoint
 from synthetic import generate_dataset
+from training.checkpoint import load_checkpoint
 from tests.conftest import TINY_SECONDS, build_args
 from tests.test_build_cache import assert_same_content
 from tests.test_train import train_args

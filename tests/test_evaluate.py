@@ -8,9 +8,10 @@ import pytest
 from sklearn.metrics import accuracy_score
 
 import evaluate
-import train
-from models.checkpoint import load_checkpoint, save_checkpoint
 from tests.test_predict import tiny_runs
+from training.checkpoint import load_checkpoint, load_members, save_checkpoint
+from training.ensemble import ensemble_datasets, member_segments
+from training.scoring import clip_scores
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +28,12 @@ def evaluate_args(cache, checkpoints, *extra):
 
 def member_clip_probs(path, cache, split) -> tuple[np.ndarray, np.ndarray]:
     """One member's clip probabilities ``(clips, n_classes)`` and the clips' labels."""
-    member = evaluate.load_member(path, load_checkpoint(path), cache, device="cpu")
-    probs, clip_ids = evaluate.member_segments(member, split, batch_size=64, workers=0, device="cpu",
-                                               amp=False, progress=False)
-    dataset = member.evals[split]
-    return train.clip_scores(probs, clip_ids, dataset, len(dataset.labels))["clip_probs"], dataset.clip_labels
+    (member,) = load_members([path])
+    dataset = ensemble_datasets([member], cache)[0][split]
+    probs, clip_ids = member_segments(member, dataset, batch_size=64, workers=0, device="cpu",
+                                      amp=False, progress=False)
+    scores = clip_scores(probs, clip_ids, clip_labels=dataset.clip_labels, n_classes=len(dataset.labels))
+    return scores["clip_probs"], dataset.clip_labels
 
 
 def test_one_checkpoint_reproduces_its_run(runs, tmp_path):

@@ -30,7 +30,10 @@ import evaluate
 import predict
 import report
 import train
-from models.checkpoint import save_checkpoint
+import training.data
+import training.evaluation
+import training.loop
+from training.checkpoint import save_checkpoint
 from tests.conftest import build_args
 from tests.test_predict import tiny_runs
 from tests.test_train import train_args
@@ -235,7 +238,7 @@ def test_new_run_in_a_finished_runs_folder_is_refused_and_changes_nothing(finish
 def test_overwrite_clears_the_old_runs_outputs_first(finished_run, tiny_cache, tmp_path, monkeypatch):
     folder = copy_run(finished_run, tmp_path / "run")
     # The new run fails in its first batch: nothing of the old run may be left beside it.
-    monkeypatch.setattr(train, "l1_penalty", lambda model: torch.tensor(float("nan")))
+    monkeypatch.setattr(training.loop, "l1_penalty", lambda model: torch.tensor(float("nan")))
     with pytest.raises(ValueError, match="diverged"):
         train.main(train_args(tiny_cache, folder, "--epochs", "1", "--l1", "1e-6", "--overwrite"))
     left = {p.name for p in folder.iterdir()}
@@ -279,8 +282,9 @@ def test_second_job_on_a_run_folder_in_use_is_refused_naming_the_other(job, runn
     def must_not_run(*args, **kwargs):
         raise AssertionError(f"a second {job} started working in the run folder in use")
 
-    monkeypatch.setattr(train, "train_one_epoch", must_not_run)
-    monkeypatch.setattr(train, "run_final_evaluation", must_not_run)
+    monkeypatch.setattr(training.loop, "train_one_epoch", must_not_run)
+    monkeypatch.setattr(training.loop, "final_evaluation", must_not_run)
+    monkeypatch.setattr(training.evaluation, "final_evaluation", must_not_run)
     extra = {"train": ["--overwrite"], "resume": ["--resume"], "eval-only": ["--eval-only"]}[job]
     args = train.get_args_parser().parse_args([*argv, *extra] if job != "eval-only" else
                                               ["--eval-only", "--out-dir", str(out_dir), "--no-progress"])
@@ -348,14 +352,14 @@ def test_loss_that_stops_being_finite_stops_training_and_keeps_the_last_good_epo
                                                                                   monkeypatch):
     # Epoch 1 trains normally; from epoch 2 on the loss is NaN (via the L1 term).
     poisoned = {"on": False}
-    real_plot = train.plot_curves
+    real_plot = training.loop.plot_curves
 
     def plot_then_poison(*args, **kwargs):  # called once per finished epoch
         real_plot(*args, **kwargs)
         poisoned["on"] = True
 
-    monkeypatch.setattr(train, "plot_curves", plot_then_poison)
-    monkeypatch.setattr(train, "l1_penalty",
+    monkeypatch.setattr(training.loop, "plot_curves", plot_then_poison)
+    monkeypatch.setattr(training.loop, "l1_penalty",
                         lambda model: torch.tensor(float("nan") if poisoned["on"] else 0.0))
     with pytest.raises(ValueError, match=r"diverged.*epoch 2, batch 1 \(lr [0-9.e-]+\)") as caught:
         train.main(train_args(tiny_cache, tmp_path, "--epochs", "3", "--l1", "1e-6"))
@@ -447,7 +451,7 @@ def test_unwritable_out_dir_is_refused_first(tiny_cache, read_only_folder, monke
     def no_training(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(train, "compute_normalization", no_training)
+    monkeypatch.setattr(training.data, "compute_normalization", no_training)
     with pytest.raises(ValueError, match="read-only") as caught:
         train.main(train_args(tiny_cache, read_only_folder / "run", "--epochs", "1"))
     assert "--out-dir" in str(caught.value) and str(read_only_folder / "run") in str(caught.value)
@@ -488,7 +492,7 @@ def test_resume_in_a_folder_without_a_run_says_to_start_one(tiny_cache, tmp_path
 
 # == 6. one error family, one CLI path, storage faults =============================================
 @pytest.mark.parametrize("error", [
-    "train.TrainError", "models.checkpoint.CheckpointError", "predict.PredictError", "predict.ClipError",
+    "train.TrainError", "training.checkpoint.CheckpointError", "predict.PredictError", "predict.ClipError",
     "evaluate.EvaluateError", "report.ReportError",
 ])
 def test_every_user_error_belongs_to_the_one_family(error):

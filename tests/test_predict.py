@@ -12,12 +12,13 @@ import pytest
 import soundfile as sf
 
 import build_cache
-import evaluate
 import predict
 import train
-from cache.dataset import segment_starts
-from models.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import build_args
+from training.checkpoint import load_checkpoint, load_members, save_checkpoint
+from training.ensemble import ensemble_datasets, member_segments
+from training.scoring import clip_scores
+from training.segments import segment_starts
 
 SEGMENT = "2.0"
 RNG_SEED = 11
@@ -165,11 +166,12 @@ def test_ensemble_averages_its_members(runs, audio_dir, ensemble_output):
 def test_prediction_equals_evaluation_from_the_cache(runs, tiny_gtzan):
     """Audio through predict.py gives the probabilities training's evaluation gave the cached clip."""
     ckpt_path = runs["mel"] / "best.pt"
-    member = evaluate.load_member(ckpt_path, load_checkpoint(ckpt_path), runs["cache"], device="cpu")
-    dataset = member.evals["test"]
-    probs, clip_ids = evaluate.member_segments(member, "test", batch_size=64, workers=0, device="cpu",
-                                               amp=False, progress=False)
-    cached = train.clip_scores(probs, clip_ids, dataset, len(dataset.labels))["clip_probs"]
+    (member,) = load_members([ckpt_path])
+    (datasets,) = ensemble_datasets([member], runs["cache"])
+    dataset = datasets["test"]
+    probs, clip_ids = member_segments(member, dataset, batch_size=64, workers=0, device="cpu",
+                                      amp=False, progress=False)
+    cached = clip_scores(probs, clip_ids, clip_labels=dataset.clip_labels, n_classes=len(dataset.labels))["clip_probs"]
     files = []
     for listed in dataset.clip_paths:  # the lists name .wav where the clip is stored as .au
         path = tiny_gtzan / listed
@@ -227,7 +229,7 @@ def test_ensemble_of_other_labels_is_refused(runs, tmp_path):
     ckpt["labels"] = ckpt["labels"][::-1]
     save_checkpoint(ckpt, tmp_path / "reversed.pt")
     with pytest.raises(predict.PredictError, match="different labels"):
-        predict.load_ensemble([runs["mel"] / "best.pt", tmp_path / "reversed.pt"])
+        load_members([runs["mel"] / "best.pt", tmp_path / "reversed.pt"], error=predict.PredictError)
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

@@ -8,8 +8,10 @@ import pytest
 
 import report
 from models import count_parameters
-from models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from tests.test_predict import tiny_runs
+from training import report as reporting
+from training import runs as run_folders
+from training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 
 PNG = b"\x89PNG"
 
@@ -42,7 +44,7 @@ def table_rows(text: str) -> list[list[str]]:
     rows = []
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and len(cells) == len(report.TABLE_HEADER) and cells[1] not in ("run", "---"):
+        if line.startswith("|") and len(cells) == len(reporting.TABLE_HEADER) and cells[1] not in ("run", "---"):
             rows.append(cells)
     return rows
 
@@ -65,7 +67,7 @@ def test_report_tables_runs_and_picks_the_higher_valid_accuracy(two_runs, tmp_pa
     rows = table_rows(text)
     assert [r[1] for r in rows] == ["steady", "lucky"]  # sorted by valid accuracy
     assert rows[0][0] == "**chosen**" and rows[1][0] == ""
-    header = list(report.TABLE_HEADER)
+    header = list(reporting.TABLE_HEADER)
     steady_row = dict(zip(header, rows[0]))
     args = json.loads((steady / "args.json").read_text())
     epochs = len((steady / "metrics.jsonl").read_text().splitlines())
@@ -91,7 +93,7 @@ def test_report_tables_runs_and_picks_the_higher_valid_accuracy(two_runs, tmp_pa
 def test_run_trained_on_valid_is_never_chosen(two_runs, tmp_path):
     lucky, steady = two_runs
     merged = copy_run(steady, tmp_path / "merged", valid_acc=1.0, valid_trained_on=True)
-    summary = report.write_report(report.read_runs([merged, lucky, steady]), tmp_path / "r.md")
+    summary = reporting.write_report(run_folders.read_runs([merged, lucky, steady]), tmp_path / "r.md")
     assert summary["chosen"] == ["steady"]
     assert "(trained on)" in (tmp_path / "r.md").read_text()
 
@@ -100,7 +102,7 @@ def test_runs_on_other_clips_are_flagged_and_ranked_apart(two_runs, tmp_path):
     lucky, steady = two_runs
     results = json.loads((lucky / "results.json").read_text())
     (lucky / "results.json").write_text(json.dumps({**results, "data_fingerprint": "0" * 64}))
-    summary = report.write_report(report.read_runs([lucky, steady]), tmp_path / "r.md")
+    summary = reporting.write_report(run_folders.read_runs([lucky, steady]), tmp_path / "r.md")
     text = (tmp_path / "r.md").read_text()
     assert "Warning" in text and "0" * 12 in text
     assert summary["groups"] == [["lucky"], ["steady"]]
@@ -115,7 +117,7 @@ def test_caches_of_the_same_clips_are_compared(two_runs, tmp_path):
     set_fingerprint(lucky, "0" * 64)
     results = json.loads((lucky / "results.json").read_text())
     (lucky / "results.json").write_text(json.dumps({**results, "cache_fingerprint": "0" * 64}))
-    summary = report.write_report(report.read_runs([lucky, steady]), tmp_path / "r.md")
+    summary = reporting.write_report(run_folders.read_runs([lucky, steady]), tmp_path / "r.md")
     assert summary["groups"] == [["lucky", "steady"]] and summary["chosen"] == ["steady"]
     assert "Warning" not in (tmp_path / "r.md").read_text()
 
@@ -136,7 +138,7 @@ def test_recipes_are_summarised_over_seeds_and_chosen_by_mean_valid(runs, tmp_pa
     assert summary["chosen"] == ["lucky_s0"] and summary["chosen_recipes"] == ["steady"]
     assert "recipe chosen by mean valid accuracy: steady" in capsys.readouterr().out
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
-            if line.startswith("|") and len(line.split("|")) == len(report.RECIPE_HEADER) + 2]
+            if line.startswith("|") and len(line.split("|")) == len(reporting.RECIPE_HEADER) + 2]
     body = {row[1]: row for row in rows if row[1] not in ("recipe", "---")}
     assert list(body) == ["steady", "lucky"]
     assert body["steady"][0] == "**chosen**" and body["steady"][2] == "3"
@@ -150,7 +152,7 @@ def test_recipe_trained_on_valid_is_not_chosen(runs, tmp_path):
     for folder in folders[:2]:
         results = json.loads((folder / "results.json").read_text())
         (folder / "results.json").write_text(json.dumps({**results, "valid_trained_on": True}))
-    summary = report.write_report(report.read_runs(folders), tmp_path / "r.md")
+    summary = reporting.write_report(run_folders.read_runs(folders), tmp_path / "r.md")
     assert summary["chosen_recipes"] == ["held_out"]
     assert "1.000 ± 0.000 (trained on)" in (tmp_path / "r.md").read_text()
 
@@ -159,18 +161,18 @@ def test_runs_with_other_labels_are_flagged(two_runs, tmp_path):
     lucky, steady = two_runs
     results = json.loads((lucky / "results.json").read_text())
     (lucky / "results.json").write_text(json.dumps({**results, "labels": results["labels"][::-1]}))
-    summary = report.write_report(report.read_runs([lucky, steady]), tmp_path / "r.md")
+    summary = reporting.write_report(run_folders.read_runs([lucky, steady]), tmp_path / "r.md")
     assert len(summary["groups"]) == 2 and "Warning" in (tmp_path / "r.md").read_text()
 
 
 def test_table_shows_what_training_recorded(two_runs):
     lucky, _ = two_runs
     results = json.loads((lucky / "results.json").read_text())
-    row = report.describe(report.read_run(lucky))
+    row = reporting.describe(run_folders.read_run(lucky))
     assert row["parameters"] == results["parameters"] > 0
     assert row["train_seconds"] == results["train_seconds"] > 0
     assert row["augment_versions"] == results["augment_versions"]
-    assert report.format_seconds(725.0) == "12m 05s"
+    assert reporting.format_seconds(725.0) == "12m 05s"
 
 
 @pytest.mark.parametrize("remove", ["results.json", "metrics.jsonl", "args.json"])
@@ -178,7 +180,7 @@ def test_unfinished_run_is_refused_by_name(runs, tmp_path, remove):
     folder = copy_run(runs["mel"], tmp_path / "unfinished")
     (folder / remove).unlink()
     with pytest.raises(report.ReportError, match=f"unfinished.*{remove}"):
-        report.read_runs([folder])
+        run_folders.read_runs([folder])
 
 
 def test_run_older_than_run_json_is_reported_with_unknowns(runs, tmp_path):
@@ -196,4 +198,4 @@ def test_run_older_than_run_json_is_reported_with_unknowns(runs, tmp_path):
 
 def test_missing_folder_is_refused(tmp_path):
     with pytest.raises(report.ReportError, match="nowhere"):
-        report.read_runs([tmp_path / "nowhere"])
+        run_folders.read_runs([tmp_path / "nowhere"])

@@ -10,9 +10,11 @@ import torch
 
 import build_cache
 import train
+import training.loop
 from models import MODELS, model_input_kind
-from models.checkpoint import load_checkpoint
-from pipeline.synthetic import generate_dataset
+from training.augment import mask_batch, mix_batch
+from training.checkpoint import load_checkpoint
+from synthetic import generate_dataset
 from tests.conftest import TINY_SECONDS, build_args
 
 SEGMENT = "2.0"
@@ -116,7 +118,7 @@ def test_killed_cosine_run_resumes_exactly(learnable_cache, tmp_path, monkeypatc
     common = ["--epochs", "3", "--model", "cnn1d", "--schedule", "cosine", "--warmup-epochs", "1",
               "--mask-bins", "8", "--mask-frames", "10", "--seed", "4"]
     train.main(train_args(learnable_cache, tmp_path / "straight", *common))
-    real_epoch, calls = train.train_one_epoch, []
+    real_epoch, calls = training.loop.train_one_epoch, []
 
     def dies_in_epoch_3(*args, **kwargs):
         calls.append(1)
@@ -124,10 +126,10 @@ def test_killed_cosine_run_resumes_exactly(learnable_cache, tmp_path, monkeypatc
             raise KeyboardInterrupt("killed")
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(train, "train_one_epoch", dies_in_epoch_3)
+    monkeypatch.setattr(training.loop, "train_one_epoch", dies_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         train.main(train_args(learnable_cache, tmp_path / "killed", *common))
-    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
+    monkeypatch.setattr(training.loop, "train_one_epoch", real_epoch)
     train.main(train_args(learnable_cache, tmp_path / "killed", *common, "--resume"))
     a, b = (load_checkpoint(tmp_path / run / "last.pt") for run in ("straight", "killed"))
     assert [h["lr"] for h in a["history"]] == [h["lr"] for h in b["history"]]
@@ -159,7 +161,7 @@ def test_mix_batch_blends_pairs_of_the_batch():
     torch.manual_seed(0)
     x = torch.arange(4, dtype=torch.float32)[:, None, None].expand(4, 2, 3).clone()
     y = torch.tensor([0, 1, 2, 3])
-    mixed, y_a, y_b, lam = train.mix_batch(x, y, alpha=0.4)
+    mixed, y_a, y_b, lam = mix_batch(x, y, alpha=0.4)
     assert 0 < lam < 1 and torch.equal(y_a, y)
     assert sorted(y_b.tolist()) == [0, 1, 2, 3]  # a permutation of the batch's labels
     torch.testing.assert_close(mixed, lam * x + (1 - lam) * x[y_b])  # here row i holds value i
@@ -168,7 +170,7 @@ def test_mix_batch_blends_pairs_of_the_batch():
 def test_mask_batch_zeroes_one_band_and_one_span_per_segment():
     torch.manual_seed(1)
     x = torch.ones(64, 20, 30)
-    masked = train.mask_batch(x.clone(), max_bins=5, max_frames=7)
+    masked = mask_batch(x.clone(), max_bins=5, max_frames=7)
     for segment in masked:
         zero_bins = (segment == 0).all(dim=1).nonzero().flatten()
         zero_frames = (segment == 0).all(dim=0).nonzero().flatten()
@@ -181,7 +183,7 @@ def test_mask_batch_zeroes_one_band_and_one_span_per_segment():
         kept[:, zero_frames] = False
         assert (segment[kept] == 1).all()
     assert (masked == 0).any(dim=2).sum() > 0 and (masked == 0).all(dim=1).any()
-    assert torch.equal(train.mask_batch(x.clone(), max_bins=0, max_frames=0), x)
+    assert torch.equal(mask_batch(x.clone(), max_bins=0, max_frames=0), x)
 
 
 def test_mixup_and_masking_resume_exactly(learnable_cache, tmp_path):
@@ -208,14 +210,14 @@ def test_model_settings_reach_the_model_and_its_checkpoint(tiny_cache, tmp_path)
 
 def test_crops_per_clip_makes_longer_epochs(learnable_cache, tmp_path, capsys, monkeypatch):
     trained = []
-    real_epoch = train.train_one_epoch
+    real_epoch = training.loop.train_one_epoch
 
     def counting_epoch(*args, **kwargs):
         stats = real_epoch(*args, **kwargs)
         trained.append(stats["segments"])
         return stats
 
-    monkeypatch.setattr(train, "train_one_epoch", counting_epoch)
+    monkeypatch.setattr(training.loop, "train_one_epoch", counting_epoch)
     train.main(train_args(learnable_cache, tmp_path, "--epochs", "1", "--crops-per-clip", "3"))
     clips = int(re.search(r"(\d+) training clips x 3 crop\(s\) per epoch", capsys.readouterr().out).group(1))
     assert trained == [3 * clips]

@@ -1,27 +1,31 @@
-"""PyTorch datasets of fixed-length segments cut from a feature cache.
+"""Segments of a feature cache for training and evaluation, their loaders and normalisation.
 
-Training draws one random crop per source clip per epoch (from the original or any
-augmented version); evaluation walks every segment of every original clip so that
-predictions can be averaged per clip.
+Training draws random crops of every source clip per epoch (from the original or any
+augmented version); evaluation walks every segment of every original clip
+(:func:`training.segments.segment_starts`) so that predictions can be averaged per clip.
 
 Crops are slices of memory-mapped rows (see :mod:`cache.reader`): no HDF5 call per
 item, one copy into a contiguous float32 array, then ``torch.from_numpy``.
 """
 from __future__ import annotations
 
+import copy
+from contextlib import nullcontext
+from pathlib import Path
+
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from cache.format import STATUS_DONE
 from cache.reader import CacheError, FeatureCache
 from common.errors import UserError
+from common.kinds import KIND_DIMS, SPECTROGRAM, WAVEFORM
+from common.locks import FileLock
+from training.errors import TrainError
+from training.runtime import Dist
+from training.segments import cut_segments, inverse_std, positive_int, segment_starts
 
-# feature kind -> dimensions of one row: (n_bins, frames) or (samples,)
-FEATURE_KINDS = {
-    "spectrogram": 2,
-    "waveform": 1,
-}
 STD_FLOOR = 1e-5
 
 
@@ -49,7 +53,7 @@ def stats_shape(kind: str, n_bins: int) -> tuple[int, ...]:
     >>> stats_shape("spectrogram", 128), stats_shape("waveform", 1)
     ((128, 1), (1,))
     """
-    return (n_bins, 1) if kind == "spectrogram" else (1,)
+    return (n_bins, 1) if kind == SPECTROGRAM else (1,)
 
 
 def _open(cache) -> FeatureCache:
@@ -57,71 +61,17 @@ def _open(cache) -> FeatureCache:
 
 
 def feature_kind(cache: FeatureCache, feature: str) -> str:
-    """The ``kind`` of a cached feature, checked against :data:`FEATURE_KINDS`."""
+    """The ``kind`` of a cached feature, checked against :data:`common.kinds.KIND_DIMS`."""
     kind = cache.feature_settings(feature).get("kind")
-    if kind not in FEATURE_KINDS:
+    if kind not in KIND_DIMS:
         raise ValueError(f"feature {feature!r} of cache {cache.path} has kind {kind!r}; "
-                         f"segments can be cut from kinds {tuple(FEATURE_KINDS)}")
+                         f"segments can be cut from kinds {tuple(KIND_DIMS)}")
     return kind
 
 
 def _stat_axes(kind: str) -> tuple[int, ...]:
     # Spectrograms are normalised per bin over frames, waveforms over all samples.
-    return (-1,) if kind == "spectrogram" else (0,)
-
-
-def eval_hop_frames(eval_hop_seconds: float | None, frames_per_second: float) -> int | None:
-    """Hop between evaluation segments in frames; None (the default) means one segment length.
-
-    >>> eval_hop_frames(1.5, 22050 / 512)
-    65
-    """
-    return None if eval_hop_seconds is None else max(1, round(eval_hop_seconds * frames_per_second))
-
-
-def segment_starts(n_frames: int, segment_frames: int, hop_frames: int) -> np.ndarray:
-    """First frames of the evaluation segments of a clip of ``n_frames`` frames.
-
-    Starts ``0, hop, 2*hop, ...`` while a whole segment fits, plus one segment aligned
-    to the clip's end when those stop short of it, so every frame is in some segment
-    and no segment is padded.
-
-    Parameters
-    ----------
-    n_frames : int
-        Length of the clip's feature (frames, or samples for waveforms).
-    segment_frames : int
-        Segment length, ``<= n_frames``.
-    hop_frames : int
-        Distance between consecutive starts, >= 1.
-
-    Returns
-    -------
-    np.ndarray
-        ``(n_segments,)`` int64 starts, ascending.
-
-    Raises
-    ------
-    ValueError
-        If a setting is not a positive integer, or the clip is shorter than one segment.
-
-    Examples
-    --------
-    >>> segment_starts(10, 4, 4).tolist()
-    [0, 4, 6]
-    >>> segment_starts(8, 4, 2).tolist()
-    [0, 2, 4]
-    """
-    n_frames = _positive_int("n_frames", n_frames)
-    segment_frames = _positive_int("segment_frames", segment_frames)
-    hop_frames = _positive_int("hop_frames", hop_frames)
-    if segment_frames > n_frames:
-        raise ValueError(f"a clip of {n_frames} frames is shorter than one segment of "
-                         f"{segment_frames} frames")
-    starts = np.arange(0, n_frames - segment_frames + 1, hop_frames, dtype=np.int64)
-    if starts[-1] + segment_frames < n_frames:
-        starts = np.r_[starts, n_frames - segment_frames]
-    return starts
+    return (-1,) if kind == SPECTROGRAM else (0,)
 
 
 def compute_normalization(cache, feature: str, *, splits=("train",), backend: str = "auto",
@@ -251,19 +201,19 @@ class SegmentDataset(Dataset):
         self.kind = feature_kind(self.cache, feature)
         self.splits = _check_splits(self.cache, splits)
         self.train = bool(train)
-        self.crops_per_clip = _positive_int("crops_per_clip", crops_per_clip)
-        self.seed = _nonnegative_int("seed", seed)
+        self.crops_per_clip = positive_int("crops_per_clip", crops_per_clip)
+        self.seed = nonnegative_int("seed", seed)
         self.epoch = 0
         self._arrays = tuple(self.cache.array(s, feature, backend=backend) for s in self.splits)
         self._row_shape = self._check_row_shapes()
         self.segment_frames = self._check_segment(segment_frames)
         self.hop_frames = self.segment_frames if hop_frames is None else \
-            _positive_int("hop_frames", hop_frames)
+            positive_int("hop_frames", hop_frames)
         self._index_clips()
         if not self.train:
             self._index_segments()
         self._mean, self._std = self._check_normalization(mean, std)
-        self._inv_std = None if self._std is None else (1.0 / self._std).astype(np.float32)
+        self._inv_std = None if self._std is None else inverse_std(self._std)
         self._plan = None  # (epoch, picked row per item, crop start per item)
         if not self.train:
             # Evaluation reads every segment of these rows each time: one NaN would make
@@ -278,13 +228,13 @@ class SegmentDataset(Dataset):
             raise ValueError(f"feature {self.feature!r} of cache {self.cache.path} has "
                              f"different shapes in splits {self.splits}: {sorted(shapes)}")
         shape = shapes.pop()
-        if len(shape) != FEATURE_KINDS[self.kind]:
+        if len(shape) != KIND_DIMS[self.kind]:
             raise ValueError(f"feature {self.feature!r} of cache {self.cache.path} is a "
                              f"{self.kind} but its rows have shape {shape}")
         return shape
 
     def _check_segment(self, segment_frames) -> int:
-        segment = _positive_int("segment_frames", segment_frames)
+        segment = positive_int("segment_frames", segment_frames)
         if segment > self.clip_frames:
             fps = self.frames_per_second
             raise ValueError(
@@ -384,28 +334,58 @@ class SegmentDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the training crops of ``epoch`` (call before iterating each epoch)."""
-        self.epoch = _nonnegative_int("epoch", epoch)
+        self.epoch = nonnegative_int("epoch", epoch)
 
     def _epoch_plan(self) -> tuple[list[int], list[int]]:
         if self._plan is None or self._plan[0] != self.epoch:
-            rng = np.random.default_rng((self.seed, self.epoch))
-            clip_of_item = np.tile(np.arange(self.n_clips), self.crops_per_clip)
-            counts = np.diff(self._row_ptr)[clip_of_item]
-            picked = self._row_ptr[clip_of_item] + rng.integers(0, counts)
-            starts = rng.integers(0, self.clip_frames - self.segment_frames + 1,
-                                  size=clip_of_item.size)
-            # Python lists: item lookups then cost no numpy scalar conversions.
-            self._plan = (self.epoch, picked.tolist(), starts.tolist())
+            self._plan = (self.epoch, *self._draw_plan(self.epoch))
         return self._plan[1], self._plan[2]
+
+    def _draw_plan(self, epoch: int) -> tuple[list[int], list[int]]:
+        """The usable row and crop start of every training item of ``epoch``."""
+        rng = np.random.default_rng((self.seed, epoch))
+        clip_of_item = np.tile(np.arange(self.n_clips), self.crops_per_clip)
+        counts = np.diff(self._row_ptr)[clip_of_item]
+        picked = self._row_ptr[clip_of_item] + rng.integers(0, counts)
+        starts = rng.integers(0, self.clip_frames - self.segment_frames + 1, size=clip_of_item.size)
+        # Python lists: item lookups then cost no numpy scalar conversions.
+        return picked.tolist(), starts.tolist()
+
+    def training_crops(self, epoch: int) -> list[tuple[str, int, int]]:
+        """``(split, row, start)`` of every training item of ``epoch``, in item order.
+
+        What the items of that epoch are cut from (``row`` indexes the split's rows);
+        the dataset's own epoch is left as it is.
+        """
+        if not self.train:
+            raise ValueError("training_crops: an evaluation dataset has no random crops")
+        picked, starts = self._draw_plan(nonnegative_int("epoch", epoch))
+        return [(self.splits[self._row_split_list[k]], self._rows_list[k], start) for k, start in zip(picked, starts)]
+
+    def reading_from(self, arrays) -> "SegmentDataset":
+        """A copy of this dataset whose rows come from ``arrays``, one per split.
+
+        Each array takes ``crop(row, start, stop)`` like :meth:`cache.reader.FeatureCache.array`'s
+        (e.g. rows held in memory): benchmarks use it to tell the reading from the rest.
+        """
+        arrays = tuple(arrays)
+        if len(arrays) != len(self.splits):
+            raise ValueError(f"reading_from: give one array per split {self.splits}, not {len(arrays)}")
+        clone = copy.copy(self)
+        clone._arrays = arrays
+        return clone
 
     # -- items ----------------------------------------------------------------------------
 
     def __len__(self) -> int:
         return self.n_clips * self.crops_per_clip if self.train else len(self._seg_clip)
 
+    def _crop(self, k: int, start: int, stop: int) -> np.ndarray:
+        """Frames ``start:stop`` of usable row ``k`` (a view into the map where it can be)."""
+        return self._arrays[self._row_split_list[k]].crop(self._rows_list[k], start, stop)
+
     def _segment(self, k: int, start: int) -> torch.Tensor:
-        crop = self._arrays[self._row_split_list[k]].crop(self._rows_list[k], start,
-                                                           start + self.segment_frames)
+        crop = self._crop(k, start, start + self.segment_frames)
         if self._mean is not None:
             # Centring writes the copy out of the read-only map: two passes over the
             # segment instead of three (copy, subtract, divide).
@@ -437,16 +417,8 @@ class SegmentDataset(Dataset):
         """
         indices = np.asarray(indices, dtype=np.int64)
         rows, starts, clips = self._item_plan(indices)
-        x = np.empty((len(rows), *self._row_shape[:-1], self.segment_frames), dtype=np.float32)
-        for out, k, start in zip(x, rows, starts):
-            crop = self._arrays[self._row_split_list[k]].crop(self._rows_list[k], start,
-                                                               start + self.segment_frames)
-            if self._mean is None:
-                out[...] = crop
-            else:
-                np.subtract(crop, self._mean, out=out)
-        if self._mean is not None:
-            x *= self._inv_std
+        x = cut_segments(self._crop, rows, starts, shape=self._row_shape[:-1],
+                         segment_frames=self.segment_frames, mean=self._mean, inv_std=self._inv_std)
         labels = torch.as_tensor(self.clip_labels[clips], dtype=torch.int64)
         if self.train:
             return torch.from_numpy(x), labels
@@ -483,7 +455,7 @@ class SegmentDataset(Dataset):
     @property
     def n_bins(self) -> int:
         """Frequency bins of a spectrogram feature; 1 (one channel) for waveforms."""
-        return self._row_shape[0] if self.kind == "spectrogram" else 1
+        return self._row_shape[0] if self.kind == SPECTROGRAM else 1
 
     @property
     def clip_frames(self) -> int:
@@ -496,7 +468,7 @@ class SegmentDataset(Dataset):
         settings = self.cache.feature_settings(self.feature)
         if "frames_per_second" in settings:
             return float(settings["frames_per_second"])
-        if self.kind == "waveform":
+        if self.kind == WAVEFORM:
             return float(settings.get("sample_rate", self.cache.sample_rate))
         raise ValueError(f"feature {self.feature!r} of cache {self.cache.path} does not record "
                          f"frames_per_second; rebuild the cache with the current build_cache.py")
@@ -520,13 +492,7 @@ def _check_splits(cache: FeatureCache, splits) -> tuple[str, ...]:
     return splits
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
-    return int(value)
-
-
-def _nonnegative_int(name: str, value) -> int:
+def nonnegative_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"{name}={value!r} must be an integer >= 0")
     return int(value)
@@ -558,3 +524,86 @@ def batch_loader(dataset: SegmentDataset, *, sampler, batch_size: int, workers: 
     # batch_size=None turns off per-item fetching and collation: each "item" is a batch.
     return DataLoader(_Batches(dataset), batch_size=None, sampler=batches, num_workers=workers,
                       pin_memory=pin_memory, persistent_workers=False)
+
+
+def make_loader(dataset: SegmentDataset, *, batch_size: int, shuffle: bool, workers: int,
+                device: torch.device, seed: int, epoch: int = 0, ddp: Dist = Dist()) -> DataLoader:
+    """The training loader (``shuffle``: an order fixed by seed and epoch, sharded under DDP)
+    or a loader in dataset order."""
+    if shuffle and ddp.world > 1:
+        sampler = torch.utils.data.distributed.DistributedSampler(dataset, num_replicas=ddp.world,
+                                                                  rank=ddp.rank, shuffle=True, seed=seed)
+        sampler.set_epoch(epoch)
+    elif shuffle:
+        # The order depends on (seed, epoch) alone, so a resumed run sees the same batches.
+        generator = torch.Generator().manual_seed(seed * 100003 + epoch)
+        sampler = RandomSampler(dataset, generator=generator)
+    else:
+        sampler = range(len(dataset))
+    return batch_loader(dataset, sampler=sampler, batch_size=batch_size, workers=workers,
+                        pin_memory=device.type == "cuda")
+
+
+# -- the datasets of a run ------------------------------------------------------------------------
+def open_cache(path, feature: str, *, expect_labels=None) -> FeatureCache:
+    """The cache at ``path``, refused (:class:`TrainError`) unless it holds ``feature``
+    (and ``expect_labels``, when given)."""
+    try:
+        cache = FeatureCache(path, expect_labels=expect_labels)
+        cache.feature_settings(feature)
+    except CacheError as exc:
+        raise TrainError(str(exc)) from exc
+    return cache
+
+
+def cache_read_lock(path):
+    """A shared lock on the cache at ``path``, to hold for as long as it is read.
+
+    A build takes the exclusive lock on the same file to write or replace it, so it
+    waits for (is refused by) trainings and evaluations that read it, and they by it.
+    A missing cache gets no lock (opening it says what to do), and neither does one in
+    a folder where the lock file cannot be made: no build of this user can replace a
+    file there either.
+    """
+    if not Path(path).is_file():
+        return nullcontext()
+    lock = FileLock(path, shared=True, what="cache", hint="a build is writing or replacing it")
+    try:
+        return lock.acquire()
+    except OSError:
+        return nullcontext()
+
+
+def feature_frames_per_second(cache: FeatureCache, feature: str) -> float:
+    """Frames per second of a cached feature, as its stored description says."""
+    return cache.feature_settings(feature)["frames_per_second"]
+
+
+def train_dataset(cache: FeatureCache, *, feature: str, splits, segment_frames: int, crops_per_clip: int,
+                  seed: int, mean, std) -> SegmentDataset:
+    """Random segments of ``splits`` (originals and augmented copies); :class:`TrainError` if unusable."""
+    try:
+        return SegmentDataset(cache.path, feature=feature, splits=splits, train=True, seed=seed,
+                              segment_frames=segment_frames, crops_per_clip=crops_per_clip,
+                              mean=mean, std=std)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from exc
+
+
+def eval_datasets(cache: FeatureCache, *, feature: str, segment_frames: int, hop_frames: int | None,
+                  mean, std, splits=("valid", "test")) -> dict[str, SegmentDataset]:
+    """Every segment of every original clip of each split; :class:`TrainError` if unusable."""
+    try:
+        return {split: SegmentDataset(cache.path, feature=feature, splits=(split,), train=False,
+                                      segment_frames=segment_frames, hop_frames=hop_frames, mean=mean, std=std)
+                for split in splits}
+    except ValueError as exc:
+        raise TrainError(str(exc)) from exc
+
+
+def normalization(cache: FeatureCache, feature: str, *, splits) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`compute_normalization` of ``splits``; :class:`TrainError` if they have no usable rows."""
+    try:
+        return compute_normalization(cache, feature, splits=splits)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from exc

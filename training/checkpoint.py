@@ -1,11 +1,16 @@
-"""Checkpoints that describe themselves: weights plus everything needed to use them.
+"""The checkpoint file: weights plus everything needed to use them, in one schema.
 
 A checkpoint records the model name and constructor arguments, the feature and its
-settings, the labels, the normalisation and the training arguments, so evaluation and
-prediction need no flags repeated::
+settings, the labels, the normalisation and the training config (``"args"``, see
+:meth:`training.config.TrainConfig.to_dict`), so evaluation and prediction need no
+flags repeated::
 
     ckpt = load_checkpoint("runs/x/best.pt")
     model = model_from_checkpoint(ckpt)      # weights loaded, eval mode
+    members = load_members(["runs/x/best.pt", "runs/y/best.pt"], error=EvaluateError)
+
+What a run is (:func:`run_description`) is also written as plain JSON beside its
+checkpoints (run.json), for readers that must not load torch (report.py).
 
 A checkpoint holds tensors and plain Python values only (dicts, lists, tuples, str,
 int, float, bool, None). It is read with ``torch.load(..., weights_only=True)``, which
@@ -20,13 +25,23 @@ import math
 import pickle
 import re
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from common.atomic import write_bytes
 from common.errors import UserError
+from common.kinds import KIND_DIMS, SPECTROGRAM
+from models import build_model, count_parameters
+from training.config import TrainConfig
+from training.data import stats_shape
+from training.errors import CheckpointError
+from training.runtime import unwrap
+from training.segments import eval_hop_frames
 
+# Format 1: every checkpoint written since checkpoints had a format; this code writes and reads it.
 CHECKPOINT_FORMAT = 1
 REQUIRED_KEYS = ("format", "model", "model_config", "feature", "feature_settings", "labels",
                  "normalization", "segment_frames", "state_dict")
@@ -34,10 +49,6 @@ REQUIRED_KEYS = ("format", "model", "model_config", "feature", "feature_settings
 # torch.load(weights_only=True) rebuilds without unpickling arbitrary classes.
 PLAIN_TYPES = (str, int, float, bool, type(None), torch.Size, torch.dtype, torch.device)
 MAPPINGS = (dict, OrderedDict)  # state_dict() gives OrderedDicts
-
-
-class CheckpointError(UserError):
-    """A checkpoint file that is missing, unreadable, unsafe or not one of ours."""
 
 
 def save_checkpoint(state: dict, path) -> None:
@@ -152,10 +163,8 @@ def check_description(ckpt: dict, path) -> None:
     """Refuse a checkpoint whose description is malformed or does not fit together.
 
     The normalisation must have the shape its feature's rows need: ``(n_bins, 1)``
-    for spectrograms, ``(1,)`` for waveforms (see :func:`cache.dataset.stats_shape`).
+    for spectrograms, ``(1,)`` for waveforms (see :func:`training.data.stats_shape`).
     """
-    from cache.dataset import FEATURE_KINDS, stats_shape
-
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {path} is inconsistent: {what}; it was damaged or edited, "
                                f"use another checkpoint or retrain")
@@ -180,10 +189,10 @@ def check_description(ckpt: dict, path) -> None:
         raise bad(f"segment_frames {segment!r} is not a positive integer")
     settings = ckpt["feature_settings"]
     kind = settings.get("kind")
-    if kind not in FEATURE_KINDS:
-        raise bad(f"feature {ckpt['feature']!r} has kind {kind!r}, not one of {', '.join(FEATURE_KINDS)}")
+    if kind not in KIND_DIMS:
+        raise bad(f"feature {ckpt['feature']!r} has kind {kind!r}, not one of {', '.join(KIND_DIMS)}")
     shape = settings.get("shape")
-    n_bins = shape[0] if kind == "spectrogram" and isinstance(shape, list) and shape else \
+    n_bins = shape[0] if kind == SPECTROGRAM and isinstance(shape, list) and shape else \
         ckpt["model_config"].get("n_bins", 1)
     wanted = stats_shape(kind, n_bins)
     norm = ckpt["normalization"]
@@ -194,7 +203,7 @@ def check_description(ckpt: dict, path) -> None:
             raise bad(f"normalization {name} is not an array of numbers") from None
         if tuple(value.shape) != wanted:
             raise bad(f"normalization {name} has shape {tuple(value.shape)}, but feature {ckpt['feature']!r} "
-                      f"({kind}{f' of {n_bins} bins' if kind == 'spectrogram' else ''}) needs {wanted}")
+                      f"({kind}{f' of {n_bins} bins' if kind == SPECTROGRAM else ''}) needs {wanted}")
         if not bool(torch.isfinite(value).all()):
             raise bad(f"normalization {name} holds non-finite values")
         if name == "std" and not bool((value > 0).all()):
@@ -215,8 +224,6 @@ def model_from_checkpoint(ckpt: dict, *, device="cpu", path=None) -> torch.nn.Mo
         The model cannot be rebuilt from its stored settings, or the weights do not
         fit it; the message names ``path`` (the file ``ckpt`` was read from) if given.
     """
-    from models import build_model
-
     name = f"checkpoint {path}" if path is not None else "the checkpoint"
     try:
         model = build_model(ckpt["model"], **ckpt["model_config"])
@@ -230,3 +237,139 @@ def model_from_checkpoint(ckpt: dict, *, device="cpu", path=None) -> torch.nn.Mo
                               f"({_one_line(exc)}); the file was damaged or edited") from None
     return model.to(device).eval()
 
+
+
+# -- what a checkpoint holds -----------------------------------------------------------------------
+def run_description(*, config: TrainConfig, model, cache, segment_frames: int) -> dict:
+    """What a run is, as plain values: its checkpoints' description and its run.json."""
+    return {
+        "model": config.model,
+        "model_config": unwrap(model).config,
+        "feature": config.feature,
+        "feature_settings": cache.feature_settings(config.feature),
+        "labels": list(cache.labels),
+        "sample_rate": cache.sample_rate,
+        "cache": str(cache.path),
+        "cache_fingerprint": cache.fingerprint,
+        "data_fingerprint": cache.data_fingerprint,
+        "segment_frames": segment_frames,
+        "parameters": count_parameters(unwrap(model)),
+    }
+
+
+def checkpoint_state(*, description: dict, config: TrainConfig, model, mean, std, optimizer=None,
+                     scheduler=None, scaler=None, epoch=None, best=None, history=None) -> dict:
+    """Everything a checkpoint holds, as tensors and plain values (``torch.load(weights_only=True)``).
+
+    ``description`` is :func:`run_description`'s; with ``optimizer`` (and its
+    ``scheduler`` and ``scaler``) the state also resumes the run.
+    """
+    state = {
+        **description,
+        "normalization": {"mean": np.asarray(mean, dtype=np.float64).tolist(),
+                          "std": np.asarray(std, dtype=np.float64).tolist()},
+        "args": config.to_dict(),
+        "state_dict": unwrap(model).state_dict(),
+        "epoch": epoch,
+        "best": best,
+        "history": history or [],
+    }
+    if optimizer is not None:
+        state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                     scaler=scaler.state_dict(), torch_rng=torch.get_rng_state())
+    return state
+
+
+def recorded_args(ckpt: dict) -> dict:
+    """The training config a checkpoint records, as the dict it was saved as ({} when none)."""
+    saved = ckpt.get("args")
+    return saved if isinstance(saved, dict) else {}
+
+
+def recorded_config(ckpt: dict) -> TrainConfig:
+    """The training config a checkpoint records (:meth:`TrainConfig.from_dict`)."""
+    return TrainConfig.from_dict(recorded_args(ckpt))
+
+
+def normalization_of(ckpt: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The checkpoint's normalisation ``(mean, std)`` as float32 arrays (see ``stats_shape``)."""
+    norm = ckpt["normalization"]
+    return np.asarray(norm["mean"], dtype=np.float32), np.asarray(norm["std"], dtype=np.float32)
+
+
+# -- members of an ensemble ------------------------------------------------------------------------
+@dataclass
+class Member:
+    """One checkpoint of an ensemble (one alone is an ensemble of one) and its model.
+
+    ``model`` is None for a member whose description is used before (or without) its
+    weights, e.g. to check a cache before the model is built.
+    """
+    path: Path
+    ckpt: dict
+    model: torch.nn.Module | None = None
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.ckpt["labels"])
+
+    @property
+    def feature(self) -> str:
+        return self.ckpt["feature"]
+
+    @property
+    def config(self) -> TrainConfig:
+        return recorded_config(self.ckpt)
+
+    @property
+    def trained_on_valid(self) -> bool:
+        return bool(self.config.merge_train_valid)
+
+    @property
+    def segment_frames(self) -> int:
+        return int(self.ckpt["segment_frames"])
+
+    def normalization(self) -> tuple[np.ndarray, np.ndarray]:
+        return normalization_of(self.ckpt)
+
+    def hop_frames(self, frames_per_second: float) -> int:
+        """The hop between evaluation segments training used (``--eval-hop-seconds``)."""
+        hop = eval_hop_frames(self.config.eval_hop_seconds, frames_per_second)
+        return self.segment_frames if hop is None else hop
+
+
+def read_checkpoints(paths, *, error: type[UserError] = CheckpointError) -> list[tuple[Path, dict]]:
+    """Load every checkpoint; refuse (``error``) a missing one, or members of other labels.
+
+    An ensemble averages probabilities, so its members need the same labels in the
+    same order; they may differ in model, feature and segment length.
+    """
+    if not paths:
+        raise error("no checkpoint given; pass --checkpoint RUN_DIR/best.pt")
+    loaded = []
+    for path in map(Path, paths):
+        try:
+            loaded.append((path, load_checkpoint(path)))
+        except CheckpointError as exc:
+            raise error(str(exc)) from exc
+    first, ckpt = loaded[0]
+    for other, other_ckpt in loaded[1:]:
+        if other_ckpt["labels"] != ckpt["labels"]:
+            raise error(f"checkpoints {first} and {other} predict different labels "
+                        f"({ckpt['labels']} vs {other_ckpt['labels']}); an ensemble averages "
+                        f"probabilities, so its members need the same labels in the same order")
+    return loaded
+
+
+def load_members(paths, *, device="cpu", error: type[UserError] = CheckpointError) -> list[Member]:
+    """:func:`read_checkpoints`, then every member's model on ``device`` (in eval mode).
+
+    >>> members = load_members(["runs/a/best.pt", "runs/b/best.pt"])  # doctest: +SKIP
+    """
+    members = []
+    for path, ckpt in read_checkpoints(paths, error=error):
+        try:
+            members.append(Member(path=path, ckpt=ckpt, model=model_from_checkpoint(ckpt, device=device, path=path)))
+        except CheckpointError as exc:
+            raise error(str(exc)) from exc
+    return members
