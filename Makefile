@@ -26,7 +26,7 @@ $(VENV)/.installed-dist: requirements-dist.txt $(VENV)/.installed
 # scaled down so it takes a few minutes on 2 cores: 1 augmented copy instead of 4, 20 epochs
 # instead of 30.
 demo: setup
-	$(PY) -m pipeline.synthetic $(DATA) --clips-per-genre 24 --seconds 30 --seed 0
+	$(PY) -m synthetic $(DATA) --clips-per-genre 24 --seconds 30 --seed 0
 	$(PY) build_cache.py --data $(DATA) --out $(CACHE) --augment 1
 	$(PY) -m cache.inspect $(CACHE)
 	$(PY) train.py --cache $(CACHE) --epochs 20 --out-dir $(RUN) --overwrite

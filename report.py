@@ -30,10 +30,6 @@ from training.errors import ReportError
 from training.folders import check_output_file
 from training.report import write_report
 from training.runs import RUN_DESCRIPTION, RUN_FILES, read_runs
-# Still reachable as report.read_run / report.recipes for callers of the old names
-# (tests/test_recipes.py); new code imports them from training.runs / training.report.
-from training.report import recipes  # noqa: F401,E402
-from training.runs import read_run  # noqa: F401,E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:

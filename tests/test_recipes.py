@@ -13,7 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import mfcc_svm  # noqa: E402
-import report  # noqa: E402
+from training.report import recipes  # noqa: E402
+from training.runs import read_run, read_runs  # noqa: E402
 import sweep  # noqa: E402
 from cache.reader import CacheError, FeatureCache  # noqa: E402
 from tests.conftest import TINY_SECONDS  # noqa: E402
@@ -27,7 +28,7 @@ def test_svm_reference_scores_clips_and_reports_like_a_run(tiny_cache, tmp_path,
     assert summary["valid_acc"] >= 0.5 and summary["svm"]["C"] in mfcc_svm.C_GRID
     assert summary["test"]["clips"] == int((cache.rows("test")["version"] == 0).sum())
     assert np.trace(summary["test"]["confusion_matrix"]) == round(summary["test_acc"] * summary["test"]["clips"])
-    run = report.read_run(tmp_path / "svm")  # report.py reads it beside the trained runs
+    run = read_run(tmp_path / "svm")  # report.py reads it beside the trained runs
     assert (run.valid_acc, run.data_fingerprint) == (summary["valid_acc"], cache.data_fingerprint)
     assert "chosen on valid" in capsys.readouterr().out
 
@@ -69,7 +70,7 @@ def test_sweep_runs_every_seed_once_and_resumes(tiny_gtzan, tmp_path, monkeypatc
     capsys.readouterr()
     sweep.main(sweep.get_args_parser().parse_args(flags))  # finished runs are not trained again
     assert "started" not in capsys.readouterr().out
-    assert [r.name for r in report.recipes(report.read_runs(runs))] == ["quick"]
+    assert [r.name for r in recipes(read_runs(runs))] == ["quick"]
 
 
 def test_sweep_refuses_unknown_recipes():
