@@ -6,20 +6,21 @@ DATA ?= gtzan
 CACHE ?= cache.h5
 RUN ?= runs/demo
 
-.PHONY: setup setup-dist demo test clean
+.PHONY: setup setup-dev demo test clean
 
+# The project, installed editable with its runtime dependencies (pyproject.toml).
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-# dask + distributed: optional for users (build_cache.py --backend dask), needed by the tests.
-setup-dist: $(VENV)/.installed-dist
+# Plus pytest and dask + distributed (optional for users: build_cache.py --backend dask).
+setup-dev: $(VENV)/.installed-dev
 
-$(VENV)/.installed-dist: requirements-dist.txt $(VENV)/.installed
-	$(PY) -m pip install --quiet -r requirements-dist.txt
+$(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
+	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
 # End to end on the synthetic set with the default recipe (README, "Choosing the defaults"),
@@ -31,7 +32,7 @@ demo: setup
 	$(PY) -m cache.inspect $(CACHE)
 	$(PY) train.py --cache $(CACHE) --epochs 20 --out-dir $(RUN) --overwrite
 
-test: setup setup-dist
+test: setup-dev
 	$(PY) -m pytest -q
 
 clean:

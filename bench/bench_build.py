@@ -53,13 +53,12 @@ from joblib.externals.loky import reusable_executor
 from threadpoolctl import threadpool_info, threadpool_limits
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from builder import build  # noqa: E402
-from pipeline.augment import augment_seed, build_augmenter  # noqa: E402
-from pipeline.features import build_feature, parse_feature_names  # noqa: E402
-from pipeline.splits import LIST_FILES, read_split_lists  # noqa: E402
-from synthetic import generate_dataset  # noqa: E402
+from builder import build
+from pipeline.augment import augment_seed, build_augmenter
+from pipeline.features import build_feature, parse_feature_names
+from pipeline.splits import LIST_FILES, read_split_lists
+from synthetic import generate_dataset
 
 SR, DURATION, SEED = 22050, 30.0, 0
 COPIES = 4  # the memory check's larger set lists every clip this many times

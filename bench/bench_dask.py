@@ -31,10 +31,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from cache.format import partial_path  # noqa: E402
-from synthetic import generate_dataset  # noqa: E402
+from cache.format import partial_path
+from synthetic import generate_dataset
 
 SR, DURATION, SEED = 22050, 30.0, 0
 BACKENDS = ("loky", "dask")

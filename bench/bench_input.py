@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,12 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cache.reader import FeatureCache  # noqa: E402
-from models import build_model  # noqa: E402
-from random_cache import write_random_cache  # noqa: E402
-from training.data import SegmentDataset, compute_normalization, make_loader  # noqa: E402
+from cache.reader import FeatureCache
+from models import build_model
+from random_cache import write_random_cache
+from training.data import SegmentDataset, compute_normalization, make_loader
 
 LABELS = ["a", "b", "c", "d", "e", "f", "g", "h"]
 

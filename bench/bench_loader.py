@@ -17,7 +17,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,11 +26,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from cache.reader import FeatureCache  # noqa: E402
-from random_cache import write_random_cache  # noqa: E402
-from training.data import SegmentDataset, batch_loader  # noqa: E402
+from cache.reader import FeatureCache
+from random_cache import write_random_cache
+from training.data import SegmentDataset, batch_loader
 
 LABELS = [f"genre{i}" for i in range(10)]
 GOAL_VS_RAM, GOAL_VS_H5PY = 0.8, 3.0

@@ -44,12 +44,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/cv_folds.py` from the root
 
-from common.atomic import write_text  # noqa: E402
-from common.cli import run  # noqa: E402
-from common.errors import UserError  # noqa: E402
-from pipeline.splits import GROUPS_FILE, LIST_FILES, Clip, read_split_lists  # noqa: E402
+from common.atomic import write_text
+from common.cli import run
+from common.errors import UserError
+from pipeline.splits import GROUPS_FILE, LIST_FILES, Clip, read_split_lists
 
 DEFAULT_FOLDS = 5
 FOLDS_FILE = "folds.json"   # in the folds folder, written last: the folds are complete

@@ -25,18 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))          # sweep, cv_folds
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))      # `python bench/cv_study.py` from the root
 
-import cv_folds  # noqa: E402
-import sweep  # noqa: E402
-from common.atomic import write_text  # noqa: E402
-from common.cli import run  # noqa: E402
-from common.errors import UserError  # noqa: E402
-from common.locks import FileLock  # noqa: E402
+import cv_folds
+import sweep
+from common.atomic import write_text
+from common.cli import run
+from common.errors import UserError
+from common.locks import FileLock
 
 # The caches of the study's candidates in bench/sweep.py's tables.
 STUDY_CACHES = ("mc_a0", "mc_a4")

@@ -17,20 +17,17 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cache.reader import FeatureCache  # noqa: E402
-from common.atomic import write_json  # noqa: E402
-from common.cli import run  # noqa: E402
-from training.artifacts import SPLITS, results_summary, write_metrics, write_results  # noqa: E402
-from training.folders import check_output_folder  # noqa: E402
-from training.scoring import clip_report  # noqa: E402
+from cache.reader import FeatureCache
+from common.atomic import write_json
+from common.cli import run
+from training.artifacts import SPLITS, results_summary, write_metrics, write_results
+from training.folders import check_output_folder
+from training.scoring import clip_report
 
 C_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
 GAMMA_GRID = ("scale", 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)

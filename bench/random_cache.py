@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# The importing bench script has put the repository root on sys.path.
+
 from cache.format import FORMAT_VERSION, describe_feature
 from cache.writer import CacheWriter, SplitRows
 from common.kinds import SPECTROGRAM

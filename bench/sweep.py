@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `python bench/sweep.py` from the repo root
 
-from common.cli import run  # noqa: E402
-from common.errors import UserError  # noqa: E402
-from common.locks import FileLock, LockHeld  # noqa: E402
+from common.cli import run
+from common.errors import UserError
+from common.locks import FileLock, LockHeld
 
 # How long a stopped child gets to finish its SIGTERM handling before it is killed.
 STOP_GRACE_S = 30

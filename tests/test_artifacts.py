@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-import evaluate  # noqa: E402
-import mfcc_svm  # noqa: E402
-from tests.test_predict import tiny_runs  # noqa: E402
-from training.artifacts import results_summary, write_results  # noqa: E402
+import evaluate
+import mfcc_svm
+from tests.test_predict import tiny_runs
+from training.artifacts import results_summary, write_results
 
 # What every results.json has (report.py and bench/cv_folds.py read these), and every split in it.
 COMMON_KEYS = {"valid_acc", "test_acc", "valid_trained_on", "labels", "valid", "test"}

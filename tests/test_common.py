@@ -25,7 +25,6 @@ def hold_lock_in_child(target, *, shared: bool):
     """A child process that takes the lock on ``target``, says so, and waits to be killed."""
     code = textwrap.dedent(f"""
         import sys, time
-        sys.path.insert(0, {str(ROOT)!r})
         from common.locks import FileLock
         lock = FileLock({str(target)!r}, shared={shared}, what="cache").acquire()
         print("locked", flush=True)
@@ -147,7 +146,6 @@ def test_sigterm_runs_cleanup_and_prints_one_line(tmp_path):
     marker = tmp_path / "cleaned"
     code = textwrap.dedent(f"""
         import argparse, sys, time
-        sys.path.insert(0, {str(ROOT)!r})
         from common.cli import run
         def main(args):
             try:

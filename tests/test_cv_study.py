@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-import cv_folds  # noqa: E402
-import sweep  # noqa: E402
-from pipeline.splits import LIST_FILES, SplitListError, read_split_lists  # noqa: E402
-from tests.conftest import TINY_SECONDS  # noqa: E402
+import cv_folds
+import sweep
+from pipeline.splits import LIST_FILES, SplitListError, read_split_lists
+from tests.conftest import TINY_SECONDS
 
 # Imported inside the tests that need them (cv_study, common), so that this file also runs
 # against older code, where they do not exist and the other tests fail on behaviour.

@@ -4,20 +4,17 @@ The cross-validation tools (bench/cv_folds.py, bench/cv_study.py) are tested in 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-import mfcc_svm  # noqa: E402
-from training.report import recipes  # noqa: E402
-from training.runs import read_run, read_runs  # noqa: E402
-import sweep  # noqa: E402
-from cache.reader import CacheError, FeatureCache  # noqa: E402
-from tests.conftest import TINY_SECONDS  # noqa: E402
+import mfcc_svm
+from training.report import recipes
+from training.runs import read_run, read_runs
+import sweep
+from cache.reader import CacheError, FeatureCache
+from tests.conftest import TINY_SECONDS
 
 
 def test_svm_reference_scores_clips_and_reports_like_a_run(tiny_cache, tmp_path, capsys):

@@ -5,17 +5,14 @@ can be run against older code, where it fails for the fault it describes.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-import evaluate  # noqa: E402
-import mfcc_svm  # noqa: E402
-from tests.test_predict import tiny_runs  # noqa: E402
+import evaluate
+import mfcc_svm
+from tests.test_predict import tiny_runs
 
 
 @pytest.fixture(scope="module")
