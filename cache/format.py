@@ -222,17 +222,39 @@ def canonical_json(value) -> str:
 
 # What the cache adds to a feature's own settings (its constructor's arguments) to
 # describe the rows it stored: readers need them without rebuilding the feature.
-DESCRIPTION_KEYS = ("kind", "frames_per_second", "shape")
+# "feature" (the registry name that computed it) is stored only for a named variant,
+# whose name is not a registry name (e.g. "mel_fine" computed by "mel"), so that the
+# entries (and fingerprints) of caches without variants stay as they were.
+DESCRIPTION_KEYS = ("kind", "frames_per_second", "shape", "feature")
 
 
-def describe_feature(settings: dict, *, kind: str, frames_per_second: float, shape) -> dict:
+def describe_feature(settings: dict, *, kind: str, frames_per_second: float, shape,
+                     name: str | None = None, base: str | None = None) -> dict:
     """A feature's entry in the cache's settings: its own settings plus the row description.
+
+    ``name`` is what the cache calls it and ``base`` the registry name that computes it;
+    ``base`` is recorded only when the two differ (a named variant).
 
     >>> describe_feature({"sr": 22050, "hop_length": 512}, kind="spectrogram",
     ...                  frames_per_second=43.07, shape=(128, 1292))["shape"]
     [128, 1292]
+    >>> describe_feature({"sr": 22050}, kind="spectrogram", frames_per_second=86.1, shape=(128, 2583),
+    ...                  name="mel_fine", base="mel")["feature"]
+    'mel'
     """
-    return {**settings, "kind": kind, "frames_per_second": frames_per_second, "shape": list(shape)}
+    entry = {**settings, "kind": kind, "frames_per_second": frames_per_second, "shape": list(shape)}
+    if base is not None and base != name:
+        entry["feature"] = base
+    return entry
+
+
+def feature_base(name: str, stored: dict) -> str:
+    """The registry name that computed the cached feature ``name`` (itself, unless a variant).
+
+    >>> feature_base("mel", {"sr": 22050}), feature_base("mel_fine", {"feature": "mel"})
+    ('mel', 'mel')
+    """
+    return stored.get("feature", name)
 
 
 def feature_arguments(stored: dict) -> dict:
