@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cache.format import feature_arguments
+from cache.format import feature_arguments, feature_base
 from pipeline.audio import AudioLoadError
 from pipeline.clip import ClipTask, process_clip
 from pipeline.features import Feature, build_feature
@@ -42,7 +42,7 @@ def member_feature(member: Member) -> Feature:
     stored = ckpt["feature_settings"]
     settings = feature_arguments(stored)
     try:
-        feature = build_feature(member.feature, **settings)
+        feature = build_feature(feature_base(member.feature, stored), **settings)
     except (TypeError, ValueError) as exc:
         raise PredictError(f"checkpoint {path}: cannot rebuild its feature {member.feature!r} "
                            f"from the stored settings {settings}: {exc}") from exc
