@@ -22,8 +22,8 @@ import dataclasses
 
 from common.cli import run
 from models import MODELS
-from training.config import (DEFAULT_CACHE, DEFAULT_MASK, DEFAULT_OUT_DIR, DEVICES, OPTIMIZER_NAMES, SCHEDULES,
-                             TrainConfig)
+from training.config import (DEFAULT_CACHE, DEFAULT_MASK, DEFAULT_OUT_DIR, DEVICES, OPTIMIZER_NAMES, PART_SEPARATOR,
+                             SCHEDULES, TrainConfig)
 from training.errors import TrainError  # noqa: F401  (train.TrainError: what main raises)
 from training.evaluation import evaluate_checkpoint
 from training.loop import fit
@@ -38,7 +38,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=D.cache,
                    help=f"feature cache made by build_cache.py (default: {DEFAULT_CACHE}; with --eval-only, "
                         f"the cache the checkpoint was trained on)")
-    p.add_argument("--feature", default=D.feature, help=f"cached feature to train on {fmt}")
+    p.add_argument("--feature", default=D.feature,
+                   help=f"cached feature to train on, or several spectrograms of the cache with the same frame "
+                        f"rate joined by '{PART_SEPARATOR}' (e.g. mel{PART_SEPARATOR}cqt): each is normalised "
+                        f"per bin on its own, and they are stacked along the bins in that order, so every "
+                        f"spectrogram model takes them {fmt}")
     p.add_argument("--model", default=D.model, help=f"one of {', '.join(MODELS)} {fmt}")
     p.add_argument("--epochs", type=int, default=D.epochs, help=f"most epochs to train {fmt}")
     p.add_argument("--batch-size", type=int, default=D.batch_size, help=f"segments per batch {fmt}")
@@ -53,7 +57,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help=f"mixup: blend training segments with weights drawn from Beta(ALPHA, ALPHA); "
                         f"0 turns it off {fmt}")
     p.add_argument("--mask-bins", type=int, default=D.mask_bins,
-                   help=f"SpecAugment: zero one band of up to this many bins in each training segment "
+                   help=f"SpecAugment: zero one band of up to this many bins in each training segment; "
+                        f"for stacked features (mel{PART_SEPARATOR}cqt) the band lies anywhere on the stacked "
+                        f"bins, and may span the border of two parts "
                         f"(default: {DEFAULT_MASK[0]} for spectrograms, 0 for waveforms)")
     p.add_argument("--mask-frames", type=int, default=D.mask_frames,
                    help=f"SpecAugment: zero one span of up to this many frames in each training segment "

@@ -35,8 +35,8 @@ from common.atomic import write_bytes
 from common.errors import UserError
 from common.kinds import KIND_DIMS, SPECTROGRAM
 from models import build_model, count_parameters
-from training.config import TrainConfig
-from training.data import stats_shape
+from training.config import TrainConfig, feature_parts
+from training.data import stats_shape, stored_feature_settings
 from training.errors import CheckpointError
 from training.runtime import unwrap
 from training.segments import eval_hop_frames
@@ -191,6 +191,12 @@ def check_description(ckpt: dict, path) -> None:
     kind = settings.get("kind")
     if kind not in KIND_DIMS:
         raise bad(f"feature {ckpt['feature']!r} has kind {kind!r}, not one of {', '.join(KIND_DIMS)}")
+    try:
+        parts = feature_parts(ckpt["feature"])
+    except UserError as exc:
+        raise bad(str(exc)) from None
+    if len(parts) > 1:
+        check_stacked_settings(ckpt["feature"], parts, settings, bad)
     shape = settings.get("shape")
     n_bins = shape[0] if kind == SPECTROGRAM and isinstance(shape, list) and shape else \
         ckpt["model_config"].get("n_bins", 1)
@@ -213,6 +219,25 @@ def check_description(ckpt: dict, path) -> None:
             raise bad(f"state_dict[{key!r}] is a {type(tensor).__name__}, not a tensor")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise bad(f"weight {key!r} holds NaN or infinite values (a run that diverged)")
+
+
+def check_stacked_settings(feature: str, parts: tuple[str, ...], settings: dict, bad) -> None:
+    """Refuse (``bad(what)``) the recorded settings of stacked parts that do not add up.
+
+    They must describe a spectrogram whose bins are the sum of its parts' (see
+    :func:`training.data.stored_feature_settings`), every part a spectrogram.
+    """
+    recorded = settings.get("parts")
+    if not isinstance(recorded, dict) or set(recorded) != set(parts):
+        found = sorted(recorded) if isinstance(recorded, dict) else recorded
+        raise bad(f"feature {feature!r} stacks {', '.join(parts)}, but its settings record the parts {found!r}")
+    shapes = [recorded[part].get("shape") if isinstance(recorded[part], dict) else None for part in parts]
+    if settings.get("kind") != SPECTROGRAM or not all(isinstance(shape, list) and shape for shape in shapes) \
+            or any(recorded[part].get("kind") != SPECTROGRAM for part in parts):
+        raise bad(f"feature {feature!r} stacks parts that are not all spectrograms")
+    shape = settings.get("shape")
+    if not isinstance(shape, list) or not shape or shape[0] != sum(s[0] for s in shapes):
+        raise bad(f"feature {feature!r} has shape {shape!r}, but its parts have {sum(s[0] for s in shapes)} bins")
 
 
 def model_from_checkpoint(ckpt: dict, *, device="cpu", path=None) -> torch.nn.Module:
@@ -246,7 +271,7 @@ def run_description(*, config: TrainConfig, model, cache, segment_frames: int) -
         "model": config.model,
         "model_config": unwrap(model).config,
         "feature": config.feature,
-        "feature_settings": cache.feature_settings(config.feature),
+        "feature_settings": stored_feature_settings(cache, config.feature),
         "labels": list(cache.labels),
         "sample_rate": cache.sample_rate,
         "cache": str(cache.path),
@@ -316,6 +341,11 @@ class Member:
     @property
     def feature(self) -> str:
         return self.ckpt["feature"]
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The cached features the member's input stacks (one for a plain feature)."""
+        return feature_parts(self.feature)
 
     @property
     def config(self) -> TrainConfig:

@@ -36,6 +36,9 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 # The defaults are the recipe chosen by valid accuracy on real music (README, "Choosing the
 # defaults"); --mask-* defaults apply to spectrogram features only.
 DEFAULT_MASK = (12, 20)
+# Joins the cached features of one input: --feature mel+cqt stacks mel's and cqt's bins.
+# (Cache feature names, variants included, never contain it.)
+PART_SEPARATOR = "+"
 
 # Flags that define what a run trains: resuming with other values would continue
 # another run than the one in the folder. (--epochs may change: it trains longer.)
@@ -75,6 +78,34 @@ def flag(name: str) -> str:
     '--segment-seconds'
     """
     return "--" + name.replace("_", "-")
+
+
+def feature_parts(feature: str) -> tuple[str, ...]:
+    """The cached features a ``--feature`` value names, in order: one, or several joined by ``+``.
+
+    Raises
+    ------
+    TrainError
+        An empty part (``mel+``, ``+cqt``, ``mel++cqt``, ``""``) or the same part twice.
+
+    >>> feature_parts("mel"), feature_parts("mel+cqt")
+    (('mel',), ('mel', 'cqt'))
+    """
+    if not isinstance(feature, str):
+        raise TrainError(f"--feature {feature!r}: must be the name of a cached feature, e.g. mel, or "
+                         f"several joined by {PART_SEPARATOR!r}, e.g. mel{PART_SEPARATOR}cqt")
+    parts = tuple(feature.split(PART_SEPARATOR))
+    if not all(parts):
+        raise TrainError(f"--feature {feature!r} has an empty part; give a cached feature name, e.g. mel, or "
+                         f"several joined by {PART_SEPARATOR!r} with nothing else between them, e.g. "
+                         f"mel{PART_SEPARATOR}cqt")
+    twice = sorted({part for part in parts if parts.count(part) > 1})
+    if twice:
+        raise TrainError(f"--feature {feature}: {', '.join(map(repr, twice))} "
+                         f"{'is' if len(twice) == 1 else 'are'} given more than once; each "
+                         f"cached feature can be stacked once, e.g. --feature "
+                         f"{PART_SEPARATOR.join(dict.fromkeys(parts))}")
+    return parts
 
 
 def _is_number(value) -> bool:
@@ -176,6 +207,7 @@ class TrainConfig:
         """
         if self.model not in MODELS:
             raise TrainError(f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
+        feature_parts(self.feature)
         if self.optimizer not in OPTIMIZER_NAMES:
             raise TrainError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZER_NAMES)}")
         if self.schedule not in SCHEDULES:
@@ -300,5 +332,5 @@ class PredictConfig:
             raise PredictError(f"--device {self.device}: choose one of {', '.join(DEVICES)}")
 
 
-__all__ = ["TrainConfig", "EvalConfig", "PredictConfig", "flag", "DEFAULT_CACHE",
+__all__ = ["TrainConfig", "EvalConfig", "PredictConfig", "flag", "feature_parts", "PART_SEPARATOR", "DEFAULT_CACHE",
            "DEFAULT_OUT_DIR", "DEFAULT_MASK", "DEVICES", "OPTIMIZER_NAMES", "RUN_DEFINING", "SCHEDULES"]

@@ -6,10 +6,16 @@ augmented version); evaluation walks every segment of every original clip
 
 Crops are slices of memory-mapped rows (see :mod:`cache.reader`): no HDF5 call per
 item, one copy into a contiguous float32 array, then ``torch.from_numpy``.
+
+A dataset's feature is one cached feature (``"mel"``) or several spectrograms of the
+same frames stacked along their bins (``"mel+cqt"``, see :func:`stack_parts`): each part
+keeps its own per-bin normalisation, every crop starts at the same frame in every part,
+and ``n_bins`` is the sum of the parts'. A one-part feature reads exactly as before.
 """
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -22,6 +28,7 @@ from cache.reader import CacheError, FeatureCache
 from common.errors import UserError
 from common.kinds import KIND_DIMS, SPECTROGRAM, WAVEFORM
 from common.locks import FileLock
+from training.config import PART_SEPARATOR, feature_parts
 from training.errors import TrainError
 from training.runtime import Dist
 from training.segments import cut_segments, inverse_std, positive_int, segment_starts
@@ -60,13 +67,184 @@ def _open(cache) -> FeatureCache:
     return cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
 
 
-def feature_kind(cache: FeatureCache, feature: str) -> str:
-    """The ``kind`` of a cached feature, checked against :data:`common.kinds.KIND_DIMS`."""
-    kind = cache.feature_settings(feature).get("kind")
+def _part_kind(cache: FeatureCache, name: str) -> str:
+    """The ``kind`` of the cached feature ``name``, checked against :data:`common.kinds.KIND_DIMS`."""
+    kind = cache.feature_settings(name).get("kind")
     if kind not in KIND_DIMS:
-        raise ValueError(f"feature {feature!r} of cache {cache.path} has kind {kind!r}; "
+        raise ValueError(f"feature {name!r} of cache {cache.path} has kind {kind!r}; "
                          f"segments can be cut from kinds {tuple(KIND_DIMS)}")
     return kind
+
+
+def feature_kind(cache: FeatureCache, feature: str) -> str:
+    """The ``kind`` of ``feature`` (one cached feature, or stacked parts: a spectrogram)."""
+    parts = stack_parts(cache, feature)
+    return _part_kind(cache, parts[0]) if len(parts) == 1 else SPECTROGRAM
+
+
+# -- several cached features as one input ------------------------------------------------------------
+def _frames(cache: FeatureCache, name: str) -> tuple:
+    """What a part must share with the others to stack: frames per second and frames per clip."""
+    stored = cache.feature_settings(name)
+    shape = stored.get("shape") or [None]
+    return stored.get("frames_per_second"), shape[-1]
+
+
+def _same_frames(a: tuple, b: tuple) -> bool:
+    (fps_a, n_a), (fps_b, n_b) = a, b
+    return None not in (fps_a, fps_b) and math.isclose(fps_a, fps_b, rel_tol=1e-9) and n_a == n_b
+
+
+def parts_that_fit(cache: FeatureCache, first: str) -> list[str]:
+    """The other cached spectrograms that stack with ``first``: the same frame rate and frame count."""
+    frames = _frames(cache, first)
+    return [name for name in cache.features if name != first and _part_kind(cache, name) == SPECTROGRAM
+            and _same_frames(_frames(cache, name), frames)]
+
+
+def _fit_hint(cache: FeatureCache, first: str) -> str:
+    if _part_kind(cache, first) != SPECTROGRAM:
+        spectrograms = [n for n in cache.features if _part_kind(cache, n) == SPECTROGRAM]
+        return (f"the spectrograms of cache {cache.path}: {', '.join(spectrograms) or 'none'}")
+    fitting = parts_that_fit(cache, first)
+    if not fitting:
+        return (f"no other feature of cache {cache.path} has the frames of {first!r}; train on {first!r} "
+                f"alone, or rebuild the cache with features of one --hop-length")
+    return (f"features of cache {cache.path} that stack with {first!r} (same frame rate and frame count): "
+            f"{', '.join(fitting)}, e.g. --feature {first}{PART_SEPARATOR}{fitting[0]}")
+
+
+def stack_parts(cache: FeatureCache, feature: str) -> tuple[str, ...]:
+    """The cached features that ``feature`` names (``"mel"``, or ``"mel+cqt"``), checked to stack.
+
+    Several parts must all be spectrograms with the same frame rate and the same
+    frames per clip, so that one crop start means the same instant in each.
+
+    Raises
+    ------
+    TrainError
+        An empty or repeated part (see :func:`training.config.feature_parts`), a part
+        the cache lacks (its features are listed), a waveform part, or a part of other
+        frames than the first (the features that stack with the first are named).
+    cache.reader.CacheError
+        A single feature that the cache lacks.
+
+    >>> stack_parts(FeatureCache("cache.h5"), "mel+cqt")  # doctest: +SKIP
+    ('mel', 'cqt')
+    """
+    parts = feature_parts(feature)
+    if len(parts) == 1:
+        cache.feature_settings(feature)
+        return parts
+    for part in parts:
+        try:
+            cache.feature_settings(part)
+        except CacheError as exc:
+            raise TrainError(f"feature {feature!r}: {exc}") from None
+    first, frames = parts[0], _frames(cache, parts[0])
+    for part in parts:
+        kind = _part_kind(cache, part)
+        if kind != SPECTROGRAM:
+            raise TrainError(f"feature {feature!r}: part {part!r} is a {kind}, and only spectrograms stack "
+                             f"along their bins; {_fit_hint(cache, first)}")
+    for part in parts[1:]:
+        theirs = _frames(cache, part)
+        if not _same_frames(theirs, frames):
+            raise TrainError(
+                f"feature {feature!r}: part {part!r} has {_frames_text(theirs)}, but {first!r} has "
+                f"{_frames_text(frames)}; stacked parts need the same frames; {_fit_hint(cache, first)}")
+    return parts
+
+
+def _frames_text(frames: tuple) -> str:
+    fps, n = frames
+    rate = "an unrecorded frame rate" if fps is None else f"{fps:.2f} frames/s"
+    return f"{rate} and {'?' if n is None else n} frames per clip"
+
+
+def stored_feature_settings(cache: FeatureCache, feature: str) -> dict:
+    """What a checkpoint records of ``feature`` as ``feature_settings``.
+
+    One cached feature: its stored settings, as they are. Stacked parts: the
+    description of the stack (``kind``, ``frames_per_second``, ``shape`` with the
+    summed bins) and each part's stored settings under ``"parts"``, in stacking order.
+
+    >>> stored_feature_settings(FeatureCache("cache.h5"), "mel+cqt")["shape"]  # doctest: +SKIP
+    [212, 1292]
+    """
+    parts = stack_parts(cache, feature)
+    if len(parts) == 1:
+        return cache.feature_settings(feature)
+    settings = {part: cache.feature_settings(part) for part in parts}
+    first = settings[parts[0]]
+    return {"kind": SPECTROGRAM, "frames_per_second": first["frames_per_second"],
+            "shape": [sum(s["shape"][0] for s in settings.values()), first["shape"][-1]],
+            "parts": settings}
+
+
+def part_settings(feature: str, stored: dict) -> dict[str, dict]:
+    """Each part's stored settings from what :func:`stored_feature_settings` recorded, in order.
+
+    >>> part_settings("mel", {"n_mels": 128})
+    {'mel': {'n_mels': 128}}
+    >>> list(part_settings("mel+cqt", {"parts": {"mel": {}, "cqt": {}}}))
+    ['mel', 'cqt']
+    """
+    parts = feature_parts(feature)
+    if len(parts) == 1:
+        return {feature: stored}
+    return {part: stored["parts"][part] for part in parts}
+
+
+class StackedArray:
+    """The rows of several spectrogram features of one split, stacked along their bins.
+
+    Reads like the cache's arrays (:meth:`cache.reader.FeatureCache.array`): ``row``
+    and ``crop`` give each part's row or crop, concatenated, ``(sum of n_bins, frames)``.
+
+    Parameters
+    ----------
+    parts : sequence of arrays
+        One ``(rows, n_bins_i, frames)`` array per part, of the same rows and frames.
+    names : sequence of str
+        The parts' feature names (for messages).
+    """
+
+    def __init__(self, parts, *, names):
+        self.parts, self.names = tuple(parts), tuple(names)
+        shapes = [tuple(part.shape) for part in self.parts]
+        if any(len(shape) != 3 for shape in shapes) or len({(s[0], s[2]) for s in shapes}) != 1:
+            raise ValueError(f"features {', '.join(self.names)} cannot be stacked: their rows have shapes "
+                             f"{shapes}, which differ in rows or frames")
+        self.shape = (shapes[0][0], sum(s[1] for s in shapes), shapes[0][2])
+
+    @property
+    def ndim(self) -> int:
+        return 3
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def row(self, index: int) -> np.ndarray:
+        return np.concatenate([part.row(index) for part in self.parts], axis=0)
+
+    def crop(self, index: int, start: int, stop: int) -> np.ndarray:
+        return np.concatenate([part.crop(index, start, stop) for part in self.parts], axis=0)
+
+    def __repr__(self) -> str:
+        return f"StackedArray({'+'.join(self.names)}, shape={self.shape})"
+
+
+def feature_array(cache: FeatureCache, split: str, parts: tuple[str, ...], *, backend: str = "auto"):
+    """The rows of ``split``: the cache's own array for one part, a :class:`StackedArray` for several."""
+    if len(parts) == 1:
+        return cache.array(split, parts[0], backend=backend)
+    return StackedArray([cache.array(split, part, backend=backend) for part in parts], names=parts)
+
+
+def array_parts(array, parts: tuple[str, ...]) -> list[tuple[str, object]]:
+    """``(name, array)`` of each part of an array :func:`feature_array` returned."""
+    return list(zip(parts, array.parts)) if isinstance(array, StackedArray) else [(parts[0], array)]
 
 
 def _stat_axes(kind: str) -> tuple[int, ...]:
@@ -85,6 +263,8 @@ def compute_normalization(cache, feature: str, *, splits=("train",), backend: st
     ----------
     cache : FeatureCache or path
     feature : str
+        A cached feature, or several stacked (``"mel+cqt"``): each part's statistics,
+        concatenated along the bins.
     splits : sequence of str
         Splits whose done rows (original and augmented versions) are used.
     std_floor : float
@@ -108,6 +288,12 @@ def compute_normalization(cache, feature: str, *, splits=("train",), backend: st
     (128, 1)
     """
     cache = _open(cache)
+    parts = stack_parts(cache, feature)
+    if len(parts) > 1:
+        # Per bin, the statistics of a stack are those of its parts, concatenated.
+        stats = [compute_normalization(cache, part, splits=splits, backend=backend, std_floor=std_floor)
+                 for part in parts]
+        return tuple(np.concatenate(values, axis=0) for values in zip(*stats))
     axes = _stat_axes(feature_kind(cache, feature))
     count, mean, m2 = 0, None, None
     for split in splits:
@@ -141,7 +327,9 @@ class SegmentDataset(Dataset):
     ----------
     cache_path : str, Path or FeatureCache
     feature : str
-        Name of the cached feature (``cache.features``).
+        Name of the cached feature (``cache.features``), or several spectrograms of the
+        same frames joined by ``+`` (``"mel+cqt"``), stacked along their bins in that
+        order (see :func:`stack_parts`).
     splits : sequence of str
         Splits whose clips are used, e.g. ``("train",)`` or ``("train", "valid")``.
     segment_frames : int
@@ -165,14 +353,16 @@ class SegmentDataset(Dataset):
         results do not depend on the number of DataLoader workers.
     mean, std : array-like, optional
         Normalisation, e.g. from :func:`compute_normalization`; items are
-        ``(x - mean) / std``.
+        ``(x - mean) / std``. For stacked parts, each part's statistics concatenated.
     backend : {"auto", "memmap", "h5py"}
         How feature rows are read (see :meth:`FeatureCache.array`).
 
     Notes
     -----
     ``x`` has shape ``(n_bins, segment_frames)`` for spectrogram features and
-    ``(segment_frames,)`` for waveforms; float32. Labels and clip ids are int64.
+    ``(segment_frames,)`` for waveforms; float32. Labels and clip ids are int64. Stacked
+    parts give ``n_bins`` = the sum of theirs; their crops start at the same frame, the
+    one a single part would get for the same seed.
 
     The training crops of an epoch are drawn all at once from
     ``np.random.default_rng((seed, epoch))`` (one generator per item would cost more
@@ -198,13 +388,14 @@ class SegmentDataset(Dataset):
                  mean=None, std=None, backend: str = "auto"):
         self.cache = _open(cache_path)
         self.feature = feature
+        self.parts = stack_parts(self.cache, feature)
         self.kind = feature_kind(self.cache, feature)
         self.splits = _check_splits(self.cache, splits)
         self.train = bool(train)
         self.crops_per_clip = positive_int("crops_per_clip", crops_per_clip)
         self.seed = nonnegative_int("seed", seed)
         self.epoch = 0
-        self._arrays = tuple(self.cache.array(s, feature, backend=backend) for s in self.splits)
+        self._arrays = tuple(feature_array(self.cache, s, self.parts, backend=backend) for s in self.splits)
         self._row_shape = self._check_row_shapes()
         self.segment_frames = self._check_segment(segment_frames)
         self.hop_frames = self.segment_frames if hop_frames is None else \
@@ -324,11 +515,13 @@ class SegmentDataset(Dataset):
         training checks its rows while computing the normalisation, or calls this when
         it reuses saved statistics (resume).
         """
-        for split_index, row in zip(self._row_split_list, self._rows_list):
-            values = self._arrays[split_index].row(row)
-            if not np.isfinite(values).all():
-                raise non_finite_error(self.cache, self.feature, self.splits[split_index], row,
-                                       np.asarray(values))
+        for s, split_array in enumerate(self._arrays):
+            rows = [row for split_index, row in zip(self._row_split_list, self._rows_list) if split_index == s]
+            for part, array in array_parts(split_array, self.parts):
+                for row in rows:
+                    values = array.row(row)
+                    if not np.isfinite(values).all():
+                        raise non_finite_error(self.cache, part, self.splits[s], row, np.asarray(values))
 
     # -- epochs ---------------------------------------------------------------------------
 
@@ -465,7 +658,7 @@ class SegmentDataset(Dataset):
     @property
     def frames_per_second(self) -> float:
         """Frame rate of the feature (the sample rate for waveforms)."""
-        settings = self.cache.feature_settings(self.feature)
+        settings = self.cache.feature_settings(self.parts[0])  # stacked parts share it
         if "frames_per_second" in settings:
             return float(settings["frames_per_second"])
         if self.kind == WAVEFORM:
@@ -547,10 +740,10 @@ def make_loader(dataset: SegmentDataset, *, batch_size: int, shuffle: bool, work
 # -- the datasets of a run ------------------------------------------------------------------------
 def open_cache(path, feature: str, *, expect_labels=None) -> FeatureCache:
     """The cache at ``path``, refused (:class:`TrainError`) unless it holds ``feature``
-    (and ``expect_labels``, when given)."""
+    (every part of it, stacking: :func:`stack_parts`) and ``expect_labels``, when given."""
     try:
         cache = FeatureCache(path, expect_labels=expect_labels)
-        cache.feature_settings(feature)
+        stack_parts(cache, feature)
     except CacheError as exc:
         raise TrainError(str(exc)) from exc
     return cache
@@ -575,8 +768,8 @@ def cache_read_lock(path):
 
 
 def feature_frames_per_second(cache: FeatureCache, feature: str) -> float:
-    """Frames per second of a cached feature, as its stored description says."""
-    return cache.feature_settings(feature)["frames_per_second"]
+    """Frames per second of a cached feature (of stacked parts: theirs), as its stored description says."""
+    return cache.feature_settings(stack_parts(cache, feature)[0])["frames_per_second"]
 
 
 def train_dataset(cache: FeatureCache, *, feature: str, splits, segment_frames: int, crops_per_clip: int,

@@ -22,7 +22,7 @@ from training.artifacts import print_results, results_summary, write_results
 from training.checkpoint import Member, model_from_checkpoint, read_checkpoints, recorded_config
 from training.config import DEFAULT_OUT_DIR, TrainConfig
 from training.data import (SegmentDataset, batch_loader, cache_read_lock, eval_datasets, feature_frames_per_second,
-                           open_cache)
+                           open_cache, part_settings, stored_feature_settings)
 from training.errors import CheckpointError, Diverged, TrainError
 from training.folders import claim_eval_folder
 from training.plots import plot_confusion
@@ -116,13 +116,24 @@ def open_member_cache(member: Member, cache_path) -> FeatureCache:
     """
     ckpt = member.ckpt
     cache = open_cache(cache_path, member.feature, expect_labels=ckpt["labels"])
-    if cache.feature_settings(member.feature) != ckpt["feature_settings"]:
+    cached = stored_feature_settings(cache, member.feature)
+    if cached != ckpt["feature_settings"]:
         raise TrainError(f"{cache.path} computes feature {member.feature!r} with other settings than "
-                         f"{member.path} was trained on; rebuild the cache with the checkpoint's settings")
+                         f"{member.path} was trained on{differing_parts(member, cached)}; rebuild the cache "
+                         f"with the checkpoint's settings")
     if ckpt.get("cache_fingerprint") != cache.fingerprint:
         print(f"warning: {member.path} was trained on another cache than {cache.path}; its valid and test "
               f"clips may have been in its training data", file=sys.stderr)
     return cache
+
+
+def differing_parts(member: Member, cached: dict) -> str:
+    """Which parts of a stacked feature the cache computes otherwise, as words ("" for one feature)."""
+    if len(member.parts) == 1:
+        return ""
+    theirs, ours = (part_settings(member.feature, s) for s in (cached, member.ckpt["feature_settings"]))
+    differ = [part for part in member.parts if theirs[part] != ours[part]]
+    return f" (parts {', '.join(differ)})" if differ else ""
 
 
 def member_datasets(member: Member, cache) -> dict[str, SegmentDataset]:

@@ -1,7 +1,8 @@
 """Audio files to genre predictions, with the checkpoints of an ensemble (``predict.py``).
 
-Each file is decoded and turned into every member's feature by the cache build's own
-code (:func:`pipeline.clip.process_clip`), then cut into the evaluation segments
+Each file is decoded once (per sample rate) and turned into every member's feature (every part of a
+stacked one, concatenated along the bins) by the cache build's own code
+(:func:`pipeline.clip.process_clip`), then cut into the evaluation segments
 training used, by the same functions the evaluation datasets use
 (:func:`training.segments.segment_starts`, :func:`training.segments.cut_segments`).
 The segment probabilities are averaged per file, then over the members.
@@ -19,18 +20,20 @@ from pipeline.audio import AudioLoadError
 from pipeline.clip import ClipTask, process_clip
 from pipeline.features import Feature, build_feature
 from training.checkpoint import Member
+from training.data import part_settings
 from training.errors import ClipError, PredictError
 from training.segments import cut_segments, inverse_std, segment_starts
 
 AUDIO_SUFFIXES = (".wav", ".au", ".flac", ".ogg", ".mp3")
 
-__all__ = ["AUDIO_SUFFIXES", "member_feature", "member_features", "compute_features", "segment_probabilities",
+__all__ = ["AUDIO_SUFFIXES", "rebuild_feature", "member_parts", "member_features", "stack_arrays",
+           "compute_features", "segment_probabilities",
            "classify_file", "find_audio_files", "file_record", "format_record", "AudioLoadError"]
 
 
 # -- each member's input ---------------------------------------------------------------------------
-def member_feature(member: Member) -> Feature:
-    """Rebuild the feature ``member`` was trained on from its stored settings.
+def rebuild_feature(member: Member, name: str, stored: dict) -> Feature:
+    """The feature ``name`` of ``member``'s input, rebuilt from its ``stored`` settings.
 
     Raises
     ------
@@ -38,31 +41,65 @@ def member_feature(member: Member) -> Feature:
         The settings do not rebuild a feature, the rebuilt one computes another kind or
         frame rate than was cached, or the checkpoint's sample rate is not the feature's.
     """
-    ckpt, path = member.ckpt, member.path
-    stored = ckpt["feature_settings"]
+    path = member.path
     settings = feature_arguments(stored)
     try:
-        feature = build_feature(feature_base(member.feature, stored), **settings)
+        feature = build_feature(feature_base(name, stored), **settings)
     except (TypeError, ValueError) as exc:
-        raise PredictError(f"checkpoint {path}: cannot rebuild its feature {member.feature!r} "
+        raise PredictError(f"checkpoint {path}: cannot rebuild its feature {name!r} "
                            f"from the stored settings {settings}: {exc}") from exc
     # The stored description must match what the rebuilt feature computes.
     fps = stored.get("frames_per_second", feature.frames_per_second)
     if stored.get("kind", feature.kind) != feature.kind or not math.isclose(fps, feature.frames_per_second):
-        raise PredictError(f"checkpoint {path}: feature {member.feature!r} was cached as a "
+        raise PredictError(f"checkpoint {path}: feature {name!r} was cached as a "
                            f"{stored.get('kind')} at {fps} frames/s, but this code computes a "
                            f"{feature.kind} at {feature.frames_per_second} frames/s; use the code "
                            f"version the checkpoint was trained with")
-    sample_rate = ckpt.get("sample_rate", feature.sr)
+    sample_rate = member.ckpt.get("sample_rate", feature.sr)
     if sample_rate != feature.sr:
         raise PredictError(f"checkpoint {path}: audio was decoded at {sample_rate!r} Hz but its "
                            f"feature expects {feature.sr} Hz (corrupt checkpoint); retrain it")
     return feature
 
 
-def member_features(members: list[Member]) -> list[Feature]:
-    """:func:`member_feature` of every member, in order."""
-    return [member_feature(member) for member in members]
+def member_parts(member: Member) -> tuple[Feature, ...]:
+    """The features ``member``'s input is made of, rebuilt (one, or the stacked parts in order).
+
+    Raises
+    ------
+    PredictError
+        A part cannot be rebuilt (see :func:`rebuild_feature`), or stacked parts would
+        compute other frame rates.
+    """
+    stored = part_settings(member.feature, member.ckpt["feature_settings"])
+    parts = tuple(rebuild_feature(member, name, settings) for name, settings in stored.items())
+    if len({(f.sr, f.frames_per_second) for f in parts}) > 1:
+        raise PredictError(f"checkpoint {member.path}: the parts of feature {member.feature!r} compute other "
+                           f"frame rates ({', '.join(f'{f.frames_per_second:.2f}' for f in parts)} frames/s), "
+                           f"so they cannot be stacked; the checkpoint was damaged or edited")
+    return parts
+
+
+def member_features(members: list[Member]) -> list[tuple[Feature, ...]]:
+    """:func:`member_parts` of every member, in order."""
+    return [member_parts(member) for member in members]
+
+
+def stack_arrays(path, member: Member, arrays: list[np.ndarray]) -> np.ndarray:
+    """One member's input from its parts' arrays: the array itself, or the parts stacked along bins.
+
+    Raises
+    ------
+    ClipError
+        The parts came out with different frame counts for this file.
+    """
+    if len(arrays) == 1:
+        return arrays[0]
+    frames = [a.shape[-1] for a in arrays]
+    if len(set(frames)) > 1:
+        raise ClipError(f"{path}: the parts of feature {member.feature!r} of {member.path} have "
+                        f"{', '.join(map(str, frames))} frames, which cannot be stacked")
+    return np.concatenate(arrays, axis=0)
 
 
 # -- one file --------------------------------------------------------------------------------------
@@ -139,9 +176,12 @@ def segment_probabilities(member: Member, array: np.ndarray, *, hop_frames: int,
     return np.asarray(starts, dtype=np.int64), np.concatenate(probs)
 
 
-def classify_file(path, members: list[Member], features: list[Feature], *, batch_size: int = 32,
+def classify_file(path, members: list[Member], features: list[tuple[Feature, ...]], *, batch_size: int = 32,
                   device="cpu") -> dict:
-    """Classify one file with every member (each with its :func:`member_feature`) and average.
+    """Classify one file with every member (each with its :func:`member_parts`) and average.
+
+    The file is decoded once (per sample rate) for the parts of every member; a member
+    whose input stacks several parts gets their arrays concatenated along the bins.
 
     Returns
     -------
@@ -164,10 +204,12 @@ def classify_file(path, members: list[Member], features: list[Feature], *, batch
     >>> members[0].labels[prediction["probs"].argmax()]                      # doctest: +SKIP
     'rock'
     """
-    arrays, seconds, flags = compute_features(path, features)
-    per_member = []
-    for member, feature, array in zip(members, features, arrays):
-        fps = float(feature.frames_per_second)
+    flat, seconds, flags = compute_features(path, [part for parts in features for part in parts])
+    per_member, used = [], 0
+    for member, parts in zip(members, features):
+        array = stack_arrays(path, member, flat[used:used + len(parts)])
+        used += len(parts)
+        fps = float(parts[0].frames_per_second)
         if array.shape[-1] < member.segment_frames:
             raise ClipError(f"{path}: {seconds:.2f} s of audio is shorter than one segment "
                             f"({member.segment_frames / fps:.2f} s) of {member.path}; give a longer file")

@@ -23,8 +23,8 @@ from models import build_model, model_input_kind
 from training.augment import resolve_masks
 from training.checkpoint import load_checkpoint, normalization_of, recorded_args, run_description
 from training.config import RUN_DEFINING, TrainConfig, flag
-from training.data import (SegmentDataset, eval_datasets, feature_frames_per_second, normalization, open_cache,
-                           train_dataset)
+from training.data import (SegmentDataset, eval_datasets, feature_frames_per_second, feature_kind, normalization,
+                           open_cache, train_dataset)
 from training.errors import TrainError
 from training.optim import make_optimizer, make_scheduler
 from training.runtime import Dist, amp_enabled, make_scaler, on_main, seed_everything
@@ -34,7 +34,7 @@ from training.segments import eval_hop_frames, segment_frames_for
 # -- checks before the work ------------------------------------------------------------------------
 def check_model_fits_feature(model: str, feature: str, cache: FeatureCache) -> None:
     """Refuse a model that cannot take the feature, naming the features that fit."""
-    kind = cache.feature_settings(feature)["kind"]
+    kind = feature_kind(cache, feature)
     wanted = model_input_kind(model)
     if kind != wanted:
         fitting = [name for name in cache.features if cache.feature_settings(name)["kind"] == wanted]
@@ -202,7 +202,7 @@ def prepare(config: TrainConfig, *, out_dir: Path, resume: dict | None, resume_b
         raise TrainError(f"--resume: {out_dir / 'last.pt'} was trained on another cache than {cache.path} "
                          f"(fingerprints differ); resume with the same cache, or start a new --out-dir")
     check_model_fits_feature(config.model, config.feature, cache)
-    mask_bins, mask_frames = resolve_masks(cache.feature_settings(config.feature)["kind"], feature=config.feature,
+    mask_bins, mask_frames = resolve_masks(feature_kind(cache, config.feature), feature=config.feature,
                                            mask_bins=config.mask_bins, mask_frames=config.mask_frames)
     config = dataclasses.replace(config, mask_bins=mask_bins, mask_frames=mask_frames)
     if resume:
