@@ -12,7 +12,10 @@ the report.
 Runs of one recipe over several seeds (folders named ``<recipe>_s<seed>``, as
 ``bench/sweep.py`` writes them) are also summarised as mean and standard deviation per
 recipe, and the recipe with the best mean valid accuracy is chosen: on small sets one
-run's lead of a few clips is noise. Runs scored on different clips or label sets are
+run's lead of a few clips is noise. Test accuracy is shown with its 95% Wilson score
+interval over the test clips (for a recipe: of the seed mean, with n the clips of one
+split, since the seeds score the same clips), e.g. ``0.717 ± 0.064 [0.63, 0.79]``: 133
+test clips cannot separate recipes 3 points apart. Runs scored on different clips or label sets are
 not comparable: they are ranked in separate tables under a warning. Caches that differ
 only in features or augmentation score the same clips, so their runs are compared.
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -79,7 +80,13 @@ def test_report_tables_runs_and_picks_the_higher_valid_accuracy(two_runs, tmp_pa
     assert steady_row["parameters"] == f"{params:,}"
     assert steady_row["aug. versions"] == "0"  # read from the run's cache, built without augmentation
     assert steady_row["train time"] != "?"
-    assert (steady_row["valid acc"], steady_row["test acc"]) == ("0.7500", "0.5000")
+    # Test accuracy with its 95% Wilson interval over the run's test clips.
+    clips = json.loads((steady / "results.json").read_text())["test"]["clips"]
+    low, high = wilson_reference(0.5, clips)
+    assert (steady_row["valid acc"], steady_row["test acc [95% interval]"]) == \
+        ("0.7500", f"0.5000 [{low:.2f}, {high:.2f}]")
+    assert f"test 0.5000 (95% interval [{low:.2f}, {high:.2f}] over {clips} clips)" in text
+    assert "95% Wilson score interval over the test clips" in text
     # Figures beside the report, linked by name; the chosen run's confusion matrix and classes.
     assert [f.parent for f in summary["figures"]] == [out.parent] * 2
     for figure in summary["figures"]:
@@ -142,8 +149,12 @@ def test_recipes_are_summarised_over_seeds_and_chosen_by_mean_valid(runs, tmp_pa
     body = {row[1]: row for row in rows if row[1] not in ("recipe", "---")}
     assert list(body) == ["steady", "lucky"]
     assert body["steady"][0] == "**chosen**" and body["steady"][2] == "3"
-    assert body["steady"][-2] == "0.720 ± 0.035" and body["steady"][-1] == "0.400 ± 0.100"
+    # The seed-mean test accuracy's interval counts the clips of one split, not one per seed.
+    clips = json.loads((folders[0] / "results.json").read_text())["test"]["clips"]
+    low, high = wilson_reference(0.4, clips)
+    assert body["steady"][-2] == "0.720 ± 0.035" and body["steady"][-1] == f"0.400 ± 0.100 [{low:.2f}, {high:.2f}]"
     assert body["lucky"][-2] == "0.600 ± 0.265"
+    assert "pooling them would overstate n" in out.read_text()
 
 
 def test_recipe_trained_on_valid_is_not_chosen(runs, tmp_path):
@@ -163,6 +174,66 @@ def test_runs_with_other_labels_are_flagged(two_runs, tmp_path):
     (lucky / "results.json").write_text(json.dumps({**results, "labels": results["labels"][::-1]}))
     summary = reporting.write_report(run_folders.read_runs([lucky, steady]), tmp_path / "r.md")
     assert len(summary["groups"]) == 2 and "Warning" in (tmp_path / "r.md").read_text()
+
+
+def wilson_reference(accuracy: float, n: int) -> tuple[float, float]:
+    """The 95% Wilson interval of ``accuracy`` on ``n`` clips, as Wilson (1927) wrote it: a reference
+    the report's own is checked against (and which is itself checked against SciPy's below)."""
+    z = 1.959963984540054
+    centre, spread = accuracy + z * z / (2 * n), z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n), (centre + spread) / (1 + z * z / n)
+
+
+@pytest.mark.parametrize("accuracy, n, expected", [
+    (0.5, 10, (0.2366, 0.7634)), (0.0, 10, (0.0, 0.2775)), (1.0, 10, (0.7225, 1.0)),
+    (0.9, 100, (0.8256, 0.9448)),
+])
+def test_wilson_interval_known_values(accuracy, n, expected):
+    assert reporting.wilson_interval(accuracy, n) == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("k, n", [(1, 1), (3, 16), (95, 133), (133, 133), (81, 263), (0, 1000)])
+def test_wilson_interval_is_scipys(k, n):
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    assert reporting.wilson_interval(k / n, n) == pytest.approx((ci.low, ci.high), abs=1e-12)
+    assert wilson_reference(k / n, n) == pytest.approx((ci.low, ci.high), abs=1e-12)
+
+
+def test_wilson_interval_of_a_seed_mean_takes_a_share_of_clips():
+    # 0.4 of 16 clips is no whole count: the interval is still Wilson's formula at that share.
+    assert reporting.wilson_interval(0.4, 16) == pytest.approx(wilson_reference(0.4, 16), abs=1e-12)
+    assert reporting.wilson_interval(6 / 16, 16)[0] < reporting.wilson_interval(0.4, 16)[0] < \
+        reporting.wilson_interval(7 / 16, 16)[0]
+
+
+def test_133_clips_cannot_separate_accuracies_3_points_apart():
+    # The issue's case: two recipes 3 points apart on 133 test clips overlap almost entirely.
+    a, b = reporting.wilson_interval(0.717, 133), reporting.wilson_interval(0.747, 133)
+    assert a[1] > b[0] and b[1] - b[0] > 0.14
+    assert reporting.wilson_interval(0.5, 400)[1] - reporting.wilson_interval(0.5, 400)[0] < \
+        reporting.wilson_interval(0.5, 100)[1] - reporting.wilson_interval(0.5, 100)[0]
+
+
+@pytest.mark.parametrize("accuracy, n", [(0.5, 0), (0.5, 2.5), (1.5, 10), (-0.1, 10)])
+def test_wilson_interval_refuses_what_is_no_measurement(accuracy, n):
+    with pytest.raises(ValueError, match="wilson_interval"):
+        reporting.wilson_interval(accuracy, n)
+
+
+def test_run_that_records_no_clips_shows_its_accuracy_alone(runs, tmp_path):
+    folder = copy_run(runs["mel"], tmp_path / "bare", test_acc=0.5)
+    results = json.loads((folder / "results.json").read_text())
+    results["test"] = {key: value for key, value in results["test"].items() if key not in ("confusion_matrix", "clips")}
+    (folder / "results.json").write_text(json.dumps(results))
+    run = run_folders.read_run(folder)
+    row = reporting.describe(run)
+    assert row["test_interval"] is None and row["test_clips"] is None
+    cells = dict(zip(reporting.TABLE_HEADER, table_rows(reporting.runs_table([run], None))[0]))
+    assert cells["test acc [95% interval]"] == "0.5000"
+    recipe = reporting.Recipe("bare", [run])
+    assert recipe.test_interval() is None
 
 
 def test_table_shows_what_training_recorded(two_runs):

@@ -2,11 +2,14 @@
 
 Runs are ranked by valid accuracy only (test is shown, never used to choose); runs of
 one recipe over several seeds (``<recipe>_s<seed>``) are also summarised per recipe;
-runs scored on different clips or labels are ranked apart. No torch: see
-:mod:`training.runs`.
+runs scored on different clips or labels are ranked apart. Test accuracy comes with a
+95% Wilson score interval over the test clips (:func:`wilson_interval`), so a reader
+sees how far apart two accuracies must be before a split of that size can tell them
+apart. No torch: see :mod:`training.runs`.
 """
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,67 @@ from training.errors import ReportError
 from training.folders import check_output_file
 from training.plots import plot_confusion, plot_learning_curves
 from training.runs import Run
+
+
+# -- how sure an accuracy is --------------------------------------------------------------------
+CONFIDENCE = 0.95
+
+
+def wilson_interval(accuracy: float, n: int, *, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The Wilson score interval of an accuracy measured on ``n`` clips.
+
+    Each clip is one Bernoulli trial (right or wrong); unlike the normal
+    approximation ``p ± z sqrt(p (1 - p) / n)``, the interval stays inside [0, 1] and
+    does not shrink to a point at 0 or 1 accuracy.
+
+    Parameters
+    ----------
+    accuracy : float
+        The share of the ``n`` clips classified right, in [0, 1].
+    n : int
+        How many clips it was measured on (>= 1).
+    confidence : float
+        Coverage of the interval, e.g. 0.95.
+
+    Returns
+    -------
+    low, high : float
+
+    >>> [round(v, 4) for v in wilson_interval(0.5, 10)]
+    [0.2366, 0.7634]
+    >>> [round(v, 4) for v in wilson_interval(0.0, 10)]
+    [0.0, 0.2775]
+    """
+    if not (isinstance(n, int) and n >= 1):
+        raise ValueError(f"wilson_interval: n={n!r} must be a positive number of clips")
+    if not 0.0 <= accuracy <= 1.0:
+        raise ValueError(f"wilson_interval: accuracy {accuracy!r} must lie in [0, 1]")
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    z2n = z * z / n
+    centre = (accuracy + z2n / 2) / (1 + z2n)
+    half = z / (1 + z2n) * math.sqrt(accuracy * (1 - accuracy) / n + z2n / (4 * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def n_test_clips(run: Run) -> int | None:
+    """How many clips the run's test accuracy was measured on (its confusion matrix's total),
+    None when its results.json records neither the matrix nor the count."""
+    test = run.results.get("test") or {}
+    matrix = test.get("confusion_matrix")
+    if isinstance(matrix, list) and matrix:
+        total = sum(sum(row) for row in matrix)
+        return int(total) if total > 0 else None
+    clips = test.get("clips")
+    return clips if isinstance(clips, int) and clips > 0 else None
+
+
+def format_interval(interval: tuple[float, float] | None) -> str:
+    """``"[0.63, 0.79]"``; ``""`` when there is none.
+
+    >>> format_interval((0.6312, 0.7921)), format_interval(None)
+    ('[0.63, 0.79]', '')
+    """
+    return "" if interval is None else f"[{interval[0]:.2f}, {interval[1]:.2f}]"
 
 
 # -- derived columns -----------------------------------------------------------------------------
@@ -37,9 +101,16 @@ def describe(run: Run) -> dict:
         "parameters": recorded(run, "parameters"),
         "train_seconds": recorded(run, "train_seconds"),
         "valid_acc": run.valid_acc, "test_acc": run.test_acc,
+        "test_clips": n_test_clips(run), "test_interval": run_interval(run),
         "trained_on_valid": run.trained_on_valid,
         "cache_fingerprint": run.fingerprint, "labels": list(run.labels),
     }
+
+
+def run_interval(run: Run) -> tuple[float, float] | None:
+    """The 95% Wilson interval of the run's test accuracy over its test clips (None if unknown)."""
+    n = n_test_clips(run)
+    return None if n is None else wilson_interval(run.test_acc, n)
 
 
 # -- choosing ------------------------------------------------------------------------------------
@@ -70,6 +141,17 @@ class Recipe:
     def valid_acc(self) -> float:
         """Mean valid accuracy over the seeds: what :func:`choose` and :func:`ranked` compare."""
         return self.stats("valid")[0]
+
+    def test_interval(self) -> tuple[float, float] | None:
+        """The 95% Wilson interval of the seed-mean test accuracy, over the clips of one split.
+
+        The seeds score the same test clips, so their clips are not pooled: that would
+        count each clip once per seed and overstate how much was measured. (Recipes of
+        one comparison group score the same clips; the smallest count is taken should
+        they differ.) None when no run records its clips.
+        """
+        counts = [n for n in (n_test_clips(run) for run in self.runs) if n is not None]
+        return wilson_interval(self.stats("test")[0], min(counts)) if counts else None
 
 
 def recipes(runs: list[Run]) -> list[Recipe]:
@@ -115,7 +197,16 @@ def _cell(value) -> str:
 
 
 TABLE_HEADER = ("", "run", "model", "feature", "segment (s)", "aug. versions", "optimizer", "lr",
-                "epochs", "parameters", "train time", "valid acc", "test acc")
+                "epochs", "parameters", "train time", "valid acc", "test acc [95% interval]")
+
+
+INTERVAL_NOTE = (
+    "Test accuracy comes with its 95% Wilson score interval over the test clips, in brackets: each clip is "
+    "one right-or-wrong trial, so the interval is how much the accuracy could move on another draw of as many "
+    "clips. Two accuracies whose intervals overlap widely are not told apart by this test set. For a "
+    "recipe, ± is the standard deviation over its seeds (how much training varies), and the interval is that "
+    "of the seed-mean accuracy with n = the clips of one split: the seeds score the same clips, so pooling "
+    "them would overstate n.")
 
 
 def runs_table(runs: list[Run], chosen: Run | None, rows: dict[int, dict] | None = None) -> str:
@@ -128,17 +219,18 @@ def runs_table(runs: list[Run], chosen: Run | None, rows: dict[int, dict] | None
         row = rows[id(run)] if rows else describe(run)
         params = row["parameters"]
         valid = f"{row['valid_acc']:.4f}" + (" (trained on)" if row["trained_on_valid"] else "")
+        test = " ".join(filter(None, (f"{row['test_acc']:.4f}", format_interval(row["test_interval"]))))
         cells = ["**chosen**" if run is chosen else "", row["run"], row["model"], row["feature"],
                  row["segment_seconds"], row["augment_versions"], row["optimizer"], row["lr"],
                  f"{row['epochs']}/{_cell(row['max_epochs'])}", f"{params:,}" if params is not None else None,
                  format_seconds(row["train_seconds"]),
-                 valid, f"{row['test_acc']:.4f}"]
+                 valid, test]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
 RECIPE_HEADER = ("", "recipe", "seeds", "model", "feature", "segment (s)", "aug. versions",
-                 "train time", "valid acc (mean ± sd)", "test acc (mean ± sd)")
+                 "train time", "valid acc (mean ± sd)", "test acc (mean ± sd) [95% interval]")
 
 
 def recipes_table(group: list[Recipe], chosen: Recipe | None) -> str:
@@ -152,7 +244,7 @@ def recipes_table(group: list[Recipe], chosen: Recipe | None) -> str:
                  first["feature"], first["segment_seconds"], first["augment_versions"],
                  format_seconds(statistics.fmean(times) if times else None),
                  f"{valid:.3f} ± {valid_sd:.3f}" + (" (trained on)" if recipe.trained_on_valid else ""),
-                 f"{test:.3f} ± {test_sd:.3f}"]
+                 " ".join(filter(None, (f"{test:.3f} ± {test_sd:.3f}", format_interval(recipe.test_interval()))))]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -179,8 +271,10 @@ def chosen_section(run: Run, confusion_png: Path) -> list[str]:
     """The chosen run: its accuracies, test confusion matrix figure and per-class accuracy."""
     plot_confusion(run.results["test"]["confusion_matrix"], list(run.labels), confusion_png,
                    f"{run.name}: test (clip level)")
+    interval, n = run_interval(run), n_test_clips(run)
+    over = "" if interval is None else f" (95% interval {format_interval(interval)} over {n} clips)"
     return [f"Chosen by valid accuracy: **{run.name}** (`{run.path}`), valid {run.valid_acc:.4f}, "
-            f"test {run.test_acc:.4f}. The test accuracy is reported only; it played no part in the choice.",
+            f"test {run.test_acc:.4f}{over}. The test accuracy is reported only; it played no part in the choice.",
             "", f"![test confusion matrix of {run.name}]({confusion_png.name})", "",
             per_class_table(run), ""]
 
@@ -208,7 +302,8 @@ def write_report(runs: list[Run], out) -> dict:
 
     lines = ["# Training runs", "",
              f"{len(runs)} run(s). Runs are ranked by valid accuracy (clip level); the run with the "
-             f"highest valid accuracy is chosen. Test accuracy is shown but never used to choose.", ""]
+             f"highest valid accuracy is chosen. Test accuracy is shown but never used to choose.", "",
+             INTERVAL_NOTE, ""]
     if len(groups) > 1:
         lines += [f"> **Warning:** these runs were scored on {len(groups)} different sets of clips or labels, so their "
                   f"accuracies are not comparable across groups; each group is ranked on its own.", ""]
