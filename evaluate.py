@@ -3,8 +3,8 @@
     python evaluate.py --cache cache.h5 --checkpoint runs/a/best.pt --checkpoint runs/b/best.pt \\
         --out runs/ensemble.json
 
-Every member reads its own feature from the cache and predicts every evaluation
-segment as in training (training.evaluation's datasets, segment and clip scoring); its clip
+Every member reads its own feature from the cache (each part of a stacked one such as
+``mel+cqt``) and predicts every evaluation segment as in training (training.evaluation's datasets, segment and clip scoring); its clip
 probabilities are then averaged over the members. The result has the schema of a run's
 results.json (valid/test accuracy, per-class accuracy, confusion matrices), plus each
 member's own accuracy. With one checkpoint this is ``train.py --eval-only``.

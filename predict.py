@@ -5,8 +5,9 @@
 
 Each file (wav, au, flac, ogg, mp3; any sample rate, mono or stereo, any length of at
 least one segment) is decoded and turned into the checkpoint's feature by the cache
-build's own code (``pipeline.clip.process_clip``), normalised with the checkpoint's
-statistics and cut into the evaluation segments training used. The segment
+build's own code (``pipeline.clip.process_clip``; a stacked feature such as ``mel+cqt``
+gets every part from the one decode, stacked along the bins), normalised with the
+checkpoint's statistics and cut into the evaluation segments training used. The segment
 probabilities are averaged per file, then over the checkpoints of an ensemble.
 Folders are walked for audio files. A file that cannot be classified gets an error
 line and the others are still classified; the exit status is 1 if any failed.

@@ -6,7 +6,8 @@ call these modules; each module has one job:
 - :mod:`training.config`: the settings of each mode as dataclasses, validated in one place.
 - :mod:`training.runtime`: device, mixed precision, torchrun (DDP) ranks.
 - :mod:`training.segments`: where evaluation segments start, and cutting them.
-- :mod:`training.data`: segment datasets over a cache, loaders, normalisation.
+- :mod:`training.data`: segment datasets over a cache (one feature, or spectrograms
+  stacked along their bins), loaders, normalisation.
 - :mod:`training.optim`: optimisers and learning-rate schedules.
 - :mod:`training.augment`: batch augmentation (SpecAugment masks, mixup).
 - :mod:`training.setup`: what a run checks and builds before its epochs (and on resume).
