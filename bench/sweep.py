@@ -68,6 +68,9 @@ MASK_BINS = {"mel": 16, "cqt": 12}
 # Larger models are 10-40x slower than cnn1d on CPU: the study's variants are time-boxed.
 SHORT_EPOCHS, SHORT_CROPS = 10, 2
 SHORT = ["--epochs", str(SHORT_EPOCHS), "--crops-per-clip", str(SHORT_CROPS)]
+# Four times the short budget: 20 epochs x 4 crops per clip.
+MID_EPOCHS, MID_CROPS = 20, 4
+MID = ["--epochs", str(MID_EPOCHS), "--crops-per-clip", str(MID_CROPS)]
 
 # name -> (cache, train.py flags); later flags win over earlier ones
 RECIPES = {
@@ -122,6 +125,13 @@ RECIPES = {
        for feature in ("mel", "cqt") for copies in (0, 4) for mask in (False, True)},
     **{f"{model}_{feature}_a0_short": ("mc_a0", MODERN + ["--model", model, "--feature", feature] + SHORT)
        for model in ("resnet", "crnn") for feature in ("mel", "cqt")},
+    # Round 2 of the study, after crnn_mel_a0_short led the screening: the same model with 4
+    # copies, with masks, stacked on mel+cqt, and with four times the training budget.
+    "crnn_mel_a4_short": ("mc_a4", MODERN + ["--model", "crnn", "--feature", "mel"] + SHORT),
+    "crnn_mel_a0_short_mask": ("mc_a0", MODERN + ["--model", "crnn", "--feature", "mel"] + SHORT
+                               + ["--mask-bins", str(MASK_BINS["mel"]), "--mask-frames", "20"]),
+    "crnn_melcqt_a0_short": ("mc_a0", MODERN + ["--model", "crnn", "--feature", "mel+cqt"] + SHORT),
+    "crnn_mel_a0_mid": ("mc_a0", MODERN + ["--model", "crnn", "--feature", "mel"] + MID),
     "cnn1d_melcqt_a0": ("mc_a0", MODERN + ["--model", "cnn1d", "--feature", "mel+cqt"]),
     # The band lies anywhere on the 128 + 84 stacked bins: mel's width, the wider of the two.
     "cnn1d_melcqt_a4_mask": ("mc_a4", MODERN + ["--model", "cnn1d", "--feature", "mel+cqt",
@@ -137,6 +147,9 @@ NOTES = {
     **{f"{model}_{feature}_a0_short": f"time-boxed: {SHORT_EPOCHS} epochs x {SHORT_CROPS} crops per clip on "
        f"0 copies (the full {model}_a4 runs 15 x 4 on 4 copies, about 10-40x a cnn1d run on CPU)"
        for model in ("resnet", "crnn") for feature in ("mel", "cqt")},
+    **{name: f"time-boxed: {SHORT_EPOCHS} epochs x {SHORT_CROPS} crops per clip"
+       for name in ("crnn_mel_a4_short", "crnn_mel_a0_short_mask", "crnn_melcqt_a0_short")},
+    "crnn_mel_a0_mid": f"time-boxed: {MID_EPOCHS} epochs x {MID_CROPS} crops per clip (4x the short budget)",
 }
 
 
