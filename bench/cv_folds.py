@@ -139,7 +139,7 @@ def check_groups_per_class(labels: list[str], groups: list[str], *, folds: int, 
         listed = ", ".join(f"{label} has {n}" for label, n in short.items())
         fewest = min(per_class.values())
         fix = (f"use --folds {fewest} or fewer" if fewest >= 3 else
-               f"a class with fewer than 3 cannot be cross-validated: add recordings of it to train or valid")
+               "a class with fewer than 3 cannot be cross-validated: add recordings of it to train or valid")
         raise FoldError(f"--folds {folds}: every class needs at least {folds} {what} in train + valid, but "
                         f"{listed}; {fix}")
 

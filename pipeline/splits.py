@@ -53,7 +53,7 @@ GROUPS_FILE = "tracks.tsv"
 _FALLBACK_SUFFIXES = {".wav": (".au",)}
 # How many clips of a leaking group the message names per split.
 _EXAMPLES = 3
-_GROUPS_LINE = f"'<listed path><TAB><group id>' line"
+_GROUPS_LINE = "'<listed path><TAB><group id>' line"
 
 _HINTS = {
     "root": "Point the root at the dataset folder, or make a small demo set with "

@@ -180,7 +180,7 @@ def test_summary_pools_held_out_clips_per_seed_and_averages_over_sets(tmp_path, 
     assert summary["incomplete"] == {"slow": [f"seed 0: {mm} fold1"]}
     out = capsys.readouterr().out
     assert "| cnn | 2 | 0.600 | 0.933 | 0.850 ± 0.071 |" in out
-    assert f"| **best** | cnn | 2 | 0.850 ± 0.071 | 0.500 ± 0.000 | 0.675 |" in out
+    assert "| **best** | cnn | 2 | 0.850 ± 0.071 | 0.500 ± 0.000 | 0.675 |" in out
     assert f"- slow: seed 0: {mm} fold1" in out
     assert "gamemusic: held-out clip accuracy of 2-fold grouped cross-validation (pooled over 40 clips" in out
 
