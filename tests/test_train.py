@@ -21,11 +21,11 @@ SEGMENT = "2.0"
 
 
 def train_args(cache, out_dir, *extra):
-    """Parsed train.py arguments: mel, one crop per clip (fast), the other defaults unless ``extra`` says."""
+    """Parsed train.py arguments: cnn1d on mel, one crop per clip (fast), the other defaults unless ``extra`` says."""
     return train.get_args_parser().parse_args(
         ["--cache", str(cache), "--out-dir", str(out_dir), "--segment-seconds", SEGMENT,
          "--workers", "0", "--no-progress", "--batch-size", "16", "--feature", "mel", "--crops-per-clip", "1",
-         *extra])
+         "--model", "cnn1d", *extra])
 
 
 @pytest.fixture(scope="module")
