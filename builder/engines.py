@@ -20,11 +20,12 @@ import os
 import sys
 import threading
 import time
+import uuid
 import warnings
 from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import joblib
@@ -74,7 +75,7 @@ def process_clip_single_threaded(task: ClipTask, **work) -> ClipResult:
         return process_clip(task, **work)
 
 
-def process_clip_isolated(task: ClipTask, **work) -> ClipResult:
+def process_clip_isolated(task: ClipTask, *, run_id: str, **work) -> ClipResult:
     """Run on a Dask worker: :func:`process_clip` in a single-threaded child process.
 
     The augmenter seeds and borrows the global ``random`` and ``numpy.random``
@@ -82,11 +83,18 @@ def process_clip_isolated(task: ClipTask, **work) -> ClipResult:
     too (its event loop samples ``random`` to size objects; sibling task threads
     augment), which made augmented rows differ from the local build. A child process
     per worker thread has no other threads.
+
+    ``run_id`` names the build: once it is stopped (:func:`stop_worker_children`), a
+    task of it that was already queued on this worker must not start a new pool, which
+    the closing cluster would then kill mid-task (and loky would warn about its locks).
     """
+    if run_id in _stopped_runs:
+        raise RuntimeError(f"build {run_id} was stopped; its remaining clips are not computed")
     return _worker_children().submit(process_clip_single_threaded, task, **work).result()
 
 
 _children = None  # on a Dask worker: its loky executor, once a clip has run there
+_stopped_runs: set[str] = set()  # on a Dask worker: the builds that ended (their run_id)
 
 
 def _worker_children():
@@ -125,13 +133,14 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def stop_worker_children() -> None:
-    """Run on a Dask worker at the end of a build: stop its child processes now.
+def stop_worker_children(run_id: str) -> None:
+    """Run on a Dask worker at the end of build ``run_id``: stop its child processes now.
 
     Otherwise they hold the worker up for their idle timeout, and a closing local
     cluster has to kill it.
     """
     global _children
+    _stopped_runs.add(run_id)
     if _children is not None:
         _children.shutdown(wait=True)
         _children = None
@@ -156,16 +165,17 @@ def compile_librosa_kernels() -> None:
         importlib.import_module(name)
 
 
-def run_tasks(tasks: list[ClipTask], *, jobs: int, features, augmenter, sr, duration, client=None):
+def run_tasks(tasks: list[ClipTask], *, jobs: int, features, augmenter, sr, duration, client=None,
+              run_id: str = ""):
     """Yield worker results as they finish (any order), keeping memory bounded.
 
     ``client`` (a ``distributed.Client``) runs the same joblib call on its Dask cluster
     instead of local processes; the cluster's worker threads then set the parallelism
-    and ``jobs`` is not used.
+    and ``jobs`` is not used, and ``run_id`` names the build on its workers.
     """
     work = dict(features=features, augmenter=augmenter, sr=sr, duration=duration)
     if client is not None:
-        yield from _run_on_dask(tasks, client=client, work=work)
+        yield from _run_on_dask(tasks, client=client, work=dict(work, run_id=run_id))
         return
     jobs = max(1, min(jobs, len(tasks)))  # a worker per clip at most
     if jobs == 1:
@@ -212,6 +222,8 @@ class Engine:
     client: object | None = None
     ran: bool = False
     workers: int = 0  # local processes of the last run (0 on Dask)
+    # Names this build's tasks on Dask workers, which may serve several builds in turn.
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def check_data(self, lists: SplitLists) -> None:
         """Raise :class:`DataNotVisible` unless every worker can read every listed file."""
@@ -223,7 +235,7 @@ class Engine:
         self.ran = True
         # A worker per clip at most; on a Dask cluster its worker threads decide.
         self.workers = 0 if self.client is not None else max(1, min(self.jobs, len(tasks)))
-        return run_tasks(tasks, jobs=self.jobs, client=self.client, **work)
+        return run_tasks(tasks, jobs=self.jobs, client=self.client, run_id=self.run_id, **work)
 
 
 def import_distributed():
@@ -263,7 +275,7 @@ def dask_engine(*, jobs: int, scheduler: str | None = None):
                 yield engine
             finally:
                 if engine.ran:
-                    _stop_children(client)
+                    _stop_children(client, run_id=engine.run_id)
     finally:
         if cluster is not None:
             cluster.close()
@@ -289,9 +301,9 @@ def _connect(distributed, target):
         client.close()
 
 
-def _stop_children(client) -> None:
+def _stop_children(client, *, run_id: str) -> None:
     try:
-        client.run(stop_worker_children)
+        client.run(stop_worker_children, run_id)
     except Exception as exc:  # a lost worker must not hide the build's own error
         print(f"warning: could not stop the Dask workers' child processes ({exc}); they exit "
               f"after {CHILD_IDLE_S} s idle", file=sys.stderr)
