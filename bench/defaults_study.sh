@@ -16,6 +16,7 @@ PY=${PY:-.venv/bin/python}
 SETS=${SETS:-gamemusic moremusic}
 STEPS=${STEPS:-results cv}
 CV_RECIPES=${CV_RECIPES:-crnn_mel_a0_short,cnn1d_mel_a0}
+CV_SEEDS=${CV_SEEDS:-0 1 2}
 for step in $STEPS; do
   if [ "$step" = results ]; then
     for set in $SETS; do
@@ -27,7 +28,7 @@ for step in $STEPS; do
           --out runs/final/$set/report.md || exit 1
     done
   elif [ "$step" = cv ]; then
-    for seed in 0 1 2; do
+    for seed in $CV_SEEDS; do
       for set in $SETS; do
         $PY bench/cv_study.py --data data/$set --only "$CV_RECIPES" --seeds $seed || exit 1
       done
